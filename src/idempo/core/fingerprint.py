@@ -1,0 +1,128 @@
+"""Fingerprints: a hash of what identifies a request, canonical across serializations.
+
+Two requests that mean the same thing must get the same fingerprint even when their bytes differ:
+``{"a": 1, "b": 2}`` and ``{"b":2,"a":1}``; ``f(1, b=2)`` and ``f(a=1, b=2)``; ``1.0`` and ``1``.
+We canonicalize into a JSON text in the spirit of RFC 8785 (JCS): object members sorted by key,
+no insignificant white space, integral floats written as integers, non-finite numbers refused.
+Types JSON lacks are written as tagged objects, so that they cannot collide with plain data.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import inspect
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from idempo.errors import FingerprintError
+
+__all__ = [
+    "bind_call",
+    "canonical_json",
+    "fingerprint",
+    "fingerprint_call",
+    "fingerprint_json_bytes",
+]
+
+# JSON numbers are doubles for most parsers; integers beyond 2**53 keep their exact digits.
+_MAX_SAFE_FLOAT_INT = 2**53
+
+
+def _canonical(value: Any, path: str) -> Any:
+    """Turn ``value`` into plain JSON data with a single spelling per meaning."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value, path)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FingerprintError(f"cannot fingerprint {value!r} at {path}: not a finite number")
+        if value.is_integer() and abs(value) < _MAX_SAFE_FLOAT_INT:
+            return int(value)
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                if isinstance(k, bool) or not isinstance(k, int | float | enum.Enum | uuid.UUID):
+                    raise FingerprintError(
+                        f"cannot fingerprint mapping key {k!r} at {path}: keys must be str"
+                    )
+                k = str(_canonical(k, path))
+            out[k] = _canonical(v, f"{path}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, set | frozenset):
+        items = [_canonical(v, f"{path}{{}}") for v in value]
+        return {"$set": sorted(items, key=_dumps)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise FingerprintError(f"cannot fingerprint {value!r} at {path}: not a finite number")
+        return {"$decimal": str(value.normalize())}
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return {"$" + type(value).__name__: value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {"$timedelta": value.total_seconds()}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _canonical(fields, path)
+    model_dump = getattr(value, "model_dump", None)  # pydantic v2 models, without importing it
+    if callable(model_dump):
+        return _canonical(model_dump(mode="json"), path)
+    raise FingerprintError(
+        f"cannot fingerprint a {type(value).__name__} at {path}; pass fingerprint= to choose "
+        "what identifies the call, or key= to name it yourself"
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical JSON text of ``value`` (see the module docstring)."""
+    return _dumps(_canonical(value, "$"))
+
+
+def fingerprint(value: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def fingerprint_json_bytes(body: bytes) -> str:
+    """Fingerprint a JSON document given as bytes; raises ``ValueError`` if it is not JSON."""
+    return fingerprint(json.loads(body))
+
+
+def fingerprint_call(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    """Fingerprint a call by its bound arguments: positional or keyword, defaults filled in."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return fingerprint(dict(bound.arguments))
+
+
+def bind_call(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name (used to feed ``key=`` callables)."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+

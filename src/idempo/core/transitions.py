@@ -1,0 +1,123 @@
+"""The record state machine as pure functions: (record, inputs, now) -> (answer, new record).
+
+Stores that run Python next to their data (memory, SQLite) apply these inside their one atomic
+step; stores with a server-side language (Redis Lua, PostgreSQL SQL) implement the same table in
+it. The table itself is documented in :mod:`idempo.stores.base`, and the conformance suite checks
+that every store agrees with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from idempo.core.records import ClaimResult, ClaimStatus, Record, State
+from idempo.errors import LeaseLostError
+
+__all__ = ["claim", "complete", "extend", "live", "public", "require_holder"]
+
+
+def live(record: Record | None, now: float) -> Record | None:
+    """The record if it has not expired, else None (an expired record counts as absent)."""
+    if record is None or record.expires_at <= now:
+        return None
+    return record
+
+
+def public(record: Record | None, now: float) -> Record | None:
+    """The live record as shown to anyone but its holder: without the fencing token."""
+    record = live(record, now)
+    return None if record is None else replace(record, token=None)
+
+
+def claim(
+    current: Record | None,
+    *,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    token: str,
+    now: float,
+    lease: float,
+    ttl: float,
+) -> tuple[ClaimResult, Record | None]:
+    """Decide a claim. Returns the answer and the record to write (None: write nothing)."""
+    current = live(current, now)
+    if current is None:
+        new = Record(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            state=State.IN_PROGRESS,
+            token=token,
+            lease_until=now + lease,
+            outcome=None,
+            created_at=now,
+            expires_at=now + max(ttl, lease),
+        )
+        return ClaimResult(ClaimStatus.ACQUIRED, new, now), new
+    # A different request under the same key is refused whatever state the first is in: taking
+    # over a crashed holder's claim with another request would mix two operations' effects.
+    # Only the holder ever sees its token: answers to anyone else carry none.
+    if current.fingerprint != fingerprint:
+        return ClaimResult(ClaimStatus.MISMATCH, replace(current, token=None), now), None
+    if current.state is State.COMPLETED:
+        return ClaimResult(ClaimStatus.COMPLETED, current, now), None
+    assert current.lease_until is not None
+    if current.lease_until > now:
+        return ClaimResult(ClaimStatus.IN_PROGRESS, replace(current, token=None), now), None
+    # The holder's lease ran out: it crashed or stalled. Take over with a fresh token, so that
+    # the stale holder, should it wake up, can no longer complete (fencing). Keep the recovery
+    # point: a multi-step operation resumes where the crashed holder left it.
+    taken = replace(
+        current,
+        token=token,
+        lease_until=now + lease,
+        expires_at=max(current.expires_at, now + lease),
+    )
+    return ClaimResult(ClaimStatus.ACQUIRED, taken, now, takeover=True), taken
+
+
+def require_holder(current: Record | None, token: str, now: float) -> Record:
+    """The live in_progress record whose current token is ``token``, or LeaseLostError."""
+    current = live(current, now)
+    if current is None:
+        raise LeaseLostError("the idempotency record is gone (released, deleted or expired)")
+    if current.state is not State.IN_PROGRESS:
+        raise LeaseLostError("the idempotency record is already completed")
+    if current.token != token:
+        raise LeaseLostError("the lease was taken over by another execution")
+    return current
+
+
+def complete(
+    current: Record | None, *, token: str, outcome: bytes, now: float, ttl: float
+) -> Record:
+    """The completed record, or LeaseLostError if ``token`` does not hold the claim."""
+    held = require_holder(current, token, now)
+    return replace(
+        held,
+        state=State.COMPLETED,
+        token=None,
+        lease_until=None,
+        outcome=outcome,
+        expires_at=now + ttl,
+    )
+
+
+def extend(
+    current: Record | None,
+    *,
+    token: str,
+    now: float,
+    lease: float,
+    recovery_point: bytes | None = None,
+) -> Record:
+    """The record with its lease moved to ``now + lease`` (and a new recovery point, if given)."""
+    held = require_holder(current, token, now)
+    lease_until = now + lease
+    return replace(
+        held,
+        lease_until=lease_until,
+        expires_at=max(held.expires_at, lease_until),
+        recovery_point=held.recovery_point if recovery_point is None else recovery_point,
+    )

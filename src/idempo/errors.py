@@ -1,0 +1,127 @@
+"""Every error idempo raises.
+
+::
+
+    IdempoError                      root: catch this to catch everything from idempo
+    ├── InvalidKeyError              key or scope malformed (empty, >255, non-printable)   400
+    ├── KeyReuseError                same key, different request (fingerprint mismatch)    422
+    ├── InProgressError              same key while the first execution still runs        409
+    ├── LeaseLostError               the claim was taken over or released; cannot complete
+    ├── OutcomeNotStoredError        the first execution's result could not be kept       409
+    ├── SerializationError           a value the serializer cannot encode or decode
+    ├── FingerprintError             arguments that cannot be fingerprinted
+    ├── StoreUnavailableError        the store cannot be reached                           503
+    └── StoreError                   the store answered, but not as the contract says
+
+Errors that an HTTP adapter turns into a response carry ``status`` (the HTTP status they map to)
+and ``title`` (the problem+json title).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "FingerprintError",
+    "IdempoError",
+    "InProgressError",
+    "InvalidKeyError",
+    "KeyReuseError",
+    "LeaseLostError",
+    "OutcomeNotStoredError",
+    "SerializationError",
+    "StoreError",
+    "StoreUnavailableError",
+]
+
+
+class IdempoError(Exception):
+    """Root of every idempo error."""
+
+    status: int = 500
+    title: str = "Idempotency error"
+
+
+class InvalidKeyError(IdempoError, ValueError):
+    """An idempotency key or scope is malformed."""
+
+    status = 400
+    title = "Invalid idempotency key"
+
+
+class KeyReuseError(IdempoError):
+    """The key was already used for a different request (another fingerprint)."""
+
+    status = 422
+    title = "Idempotency key reused with a different request"
+
+    def __init__(self, message: str, *, key: str = "", scope: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.scope = scope
+
+
+class InProgressError(IdempoError):
+    """Another execution with the same key is still running.
+
+    ``retry_after`` is the number of seconds (server time) until its lease runs out: the earliest
+    moment a retry could take over if that execution has crashed.
+    """
+
+    status = 409
+    title = "A request with this idempotency key is still in progress"
+
+    def __init__(
+        self, message: str, *, key: str = "", scope: str = "", retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.scope = scope
+        self.retry_after = retry_after
+
+
+class LeaseLostError(IdempoError):
+    """This execution no longer holds the claim: its lease expired and another took over, or the
+    record was released or deleted. Its outcome is not stored (fencing)."""
+
+    title = "Idempotency lease lost"
+
+
+class OutcomeNotStoredError(IdempoError):
+    """The key's first execution completed, but its result could not be kept (too large or not
+    serializable), so it cannot be replayed. The operation is not run again."""
+
+    status = 409
+    title = "The original result of this idempotency key was not stored"
+
+    def __init__(self, message: str, *, reason: str = "", key: str = "", scope: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.key = key
+        self.scope = scope
+
+
+class SerializationError(IdempoError, TypeError):
+    """The serializer cannot encode (or decode) a value.
+
+    When raised after an execution, ``value`` holds the live result, so nothing is lost.
+    """
+
+    def __init__(self, message: str, *, value: Any = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class FingerprintError(IdempoError, TypeError):
+    """Arguments that cannot be fingerprinted canonically (pass ``fingerprint=`` yourself)."""
+
+
+class StoreUnavailableError(IdempoError):
+    """The store cannot be reached. Nothing was written; the operation was not executed."""
+
+    status = 503
+    title = "Idempotency store unavailable"
+
+
+class StoreError(IdempoError):
+    """The store answered, but not as the contract says (schema missing, corrupt record)."""

@@ -1,0 +1,65 @@
+"""Stores, opened by URL.
+
+=========================================  =============================================
+URL                                        store
+=========================================  =============================================
+``memory://``                              :class:`~idempo.stores.memory.MemoryStore`
+``sqlite:///path.db``, ``sqlite://:memory:``  :class:`~idempo.stores.sqlite.SQLiteStore`
+``redis://host:port/db``, ``rediss://``      :class:`~idempo.stores.redis.RedisStore`
+``postgresql://user@host/db``               :class:`~idempo.stores.postgres.PostgresStore`
+=========================================  =============================================
+
+A plain map from scheme to module: each module offers ``open_sync(url, **options)`` and
+``open_async(url, **options)``. Integrations are imported only when their scheme is used, so a
+missing extra gives a clear error naming it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from idempo.stores.base import AsyncStore, Store
+
+__all__ = ["AsyncStore", "Store", "open_async_store", "open_store"]
+
+# scheme -> (module, the extra that installs its driver)
+_SCHEMES: dict[str, tuple[str, str | None]] = {
+    "memory": ("idempo.stores.memory", None),
+    "sqlite": ("idempo.stores.sqlite", None),
+    "redis": ("idempo.stores.redis", "redis"),
+    "rediss": ("idempo.stores.redis", "redis"),
+    "postgresql": ("idempo.stores.postgres", "postgres"),
+    "postgres": ("idempo.stores.postgres", "postgres"),
+}
+
+
+def _module(url: str) -> Any:
+    if not isinstance(url, str):
+        raise TypeError(f"a store URL must be a str, not {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _SCHEMES:
+        known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
+        raise ValueError(f"unknown store URL scheme in {url!r}; idempo knows {known}")
+    module, extra = _SCHEMES[scheme]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise ImportError(
+            f"the {scheme}:// store needs its driver: pip install 'idempo[{extra}]' ({exc})"
+        ) from exc
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """Open a synchronous store by URL. ``options`` go to the store's constructor."""
+    store: Store = _module(url).open_sync(url, **options)
+    return store
+
+
+def open_async_store(url: str, **options: Any) -> AsyncStore:
+    """Open an asynchronous store by URL. ``options`` go to the store's constructor."""
+    store: AsyncStore = _module(url).open_async(url, **options)
+    return store

@@ -1,0 +1,416 @@
+"""The store conformance suite (async source of the sync twin).
+
+Subclass it in a pytest module and provide a ``store`` fixture that yields a fresh, isolated store
+(unique key prefix, schema or database): every test below then runs against it.
+
+    class TestMyStore(AsyncStoreConformance):
+        @pytest.fixture
+        async def store(self):
+            s = MyAsyncStore(...)
+            yield s
+            await s.close()
+
+Class attributes describe what a store cannot do, so that its tests say so instead of failing:
+``expires_natively`` (the server deletes expired records itself: ``purge_expired`` returns 0) and
+``server_clock`` (False for the in-process memory store, whose clock is the client's).
+
+Time-dependent tests use short leases and TTLs (a few hundred milliseconds) and real sleeps: the
+point is to exercise the store's own clock, which a test cannot move.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from idempo._primitives import async_gather, async_sleep
+from idempo.core.records import ClaimResult, ClaimStatus, State
+from idempo.errors import LeaseLostError
+from idempo.stores.base import AsyncStore
+
+__all__ = ["AsyncStoreConformance"]
+
+LEASE = 30.0
+TTL = 60.0
+SHORT = 0.3  # a lease or TTL that a test waits out
+PAST_SHORT = 0.45
+CONCURRENCY = 64
+
+
+def _key(label: str = "k") -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+class AsyncStoreConformance:
+    """Every store passes these. See the module docstring for how to use them."""
+
+    expires_natively: bool = False
+    server_clock: bool = True
+
+    scope = "conformance"
+
+    async def _claim(
+        self,
+        store: AsyncStore,
+        key: str,
+        fingerprint: str = "fp",
+        *,
+        token: str | None = None,
+        lease: float = LEASE,
+        ttl: float = TTL,
+        scope: str | None = None,
+    ) -> ClaimResult:
+        return await store.claim(
+            self.scope if scope is None else scope,
+            key,
+            fingerprint,
+            token or _token(),
+            lease=lease,
+            ttl=ttl,
+        )
+
+    # -- claim outcomes ---------------------------------------------------------------------
+
+    async def test_claim_of_a_new_key_is_acquired(self, store: AsyncStore) -> None:
+        """A first claim acquires a fresh in_progress record with the caller's token."""
+        key, token = _key(), _token()
+        result = await self._claim(store, key, token=token, lease=LEASE, ttl=TTL)
+        assert result.status is ClaimStatus.ACQUIRED
+        assert not result.takeover
+        record = result.record
+        assert (record.scope, record.key, record.fingerprint) == (self.scope, key, "fp")
+        assert record.state is State.IN_PROGRESS
+        assert record.token == token == result.token
+        assert record.outcome is None
+        assert record.lease_until == pytest.approx(result.now + LEASE, abs=1.0)
+        assert record.expires_at == pytest.approx(result.now + TTL, abs=1.0)
+        assert record.created_at == pytest.approx(result.now, abs=1.0)
+
+    async def test_claim_while_held_is_in_progress_without_token(self, store: AsyncStore) -> None:
+        """A second claim during a live lease is refused and does not learn the holder's token."""
+        key = _key()
+        first = await self._claim(store, key)
+        second = await self._claim(store, key)
+        assert second.status is ClaimStatus.IN_PROGRESS
+        assert second.record.token is None
+        assert second.record.lease_until == pytest.approx(first.record.lease_until, abs=0.01)
+        with pytest.raises(ValueError, match="no token"):
+            _ = second.token
+
+    async def test_claim_after_complete_replays_the_outcome(self, store: AsyncStore) -> None:
+        """A completed record answers every later claim with its outcome, byte for byte."""
+        key = _key()
+        first = await self._claim(store, key)
+        outcome = b"\x00\xff binary \xc3\x28 not utf-8 \n\r"
+        await store.complete(self.scope, key, first.token, outcome, ttl=TTL)
+        again = await self._claim(store, key)
+        assert again.status is ClaimStatus.COMPLETED
+        assert again.record.state is State.COMPLETED
+        assert again.record.outcome == outcome
+        assert again.record.token is None
+        assert again.record.lease_until is None
+        assert again.record.expires_at == pytest.approx(again.now + TTL, abs=2.0)
+
+    async def test_claim_with_other_fingerprint_is_mismatch(self, store: AsyncStore) -> None:
+        """Reusing a key for another request is refused, in progress or completed."""
+        key = _key()
+        first = await self._claim(store, key, "fp-a")
+        during = await self._claim(store, key, "fp-b")
+        assert during.status is ClaimStatus.MISMATCH
+        assert during.record.fingerprint == "fp-a"
+        assert during.record.token is None
+        await store.complete(self.scope, key, first.token, b"done", ttl=TTL)
+        after = await self._claim(store, key, "fp-b")
+        assert after.status is ClaimStatus.MISMATCH
+        assert after.record.fingerprint == "fp-a"
+
+    async def test_mismatch_wins_over_expired_lease(self, store: AsyncStore) -> None:
+        """An expired lease is not taken over by a different request."""
+        key = _key()
+        await self._claim(store, key, "fp-a", lease=SHORT)
+        await async_sleep(PAST_SHORT)
+        other = await self._claim(store, key, "fp-b")
+        assert other.status is ClaimStatus.MISMATCH
+
+    async def test_large_outcome_round_trips(self, store: AsyncStore) -> None:
+        """A 1 MiB outcome is kept and replayed intact."""
+        key = _key()
+        first = await self._claim(store, key)
+        outcome = bytes(range(256)) * 4096
+        await store.complete(self.scope, key, first.token, outcome, ttl=TTL)
+        again = await self._claim(store, key)
+        assert again.record.outcome == outcome
+
+    # -- complete, extend, release, fencing ----------------------------------------------
+
+    async def test_complete_with_wrong_token_is_refused(self, store: AsyncStore) -> None:
+        """Only the current token may complete; a refused complete changes nothing."""
+        key = _key()
+        await self._claim(store, key)
+        with pytest.raises(LeaseLostError):
+            await store.complete(self.scope, key, _token(), b"forged", ttl=TTL)
+        record = await store.get(self.scope, key)
+        assert record is not None
+        assert record.state is State.IN_PROGRESS
+        assert record.outcome is None
+
+    async def test_complete_twice_is_refused(self, store: AsyncStore) -> None:
+        """A completed record cannot be completed again, even by its holder."""
+        key = _key()
+        first = await self._claim(store, key)
+        await store.complete(self.scope, key, first.token, b"one", ttl=TTL)
+        with pytest.raises(LeaseLostError):
+            await store.complete(self.scope, key, first.token, b"two", ttl=TTL)
+        record = await store.get(self.scope, key)
+        assert record is not None
+        assert record.outcome == b"one"
+
+    async def test_complete_of_absent_record_is_refused(self, store: AsyncStore) -> None:
+        """Completing a key nobody claimed raises LeaseLostError and writes nothing."""
+        key = _key()
+        with pytest.raises(LeaseLostError):
+            await store.complete(self.scope, key, _token(), b"x", ttl=TTL)
+        assert await store.get(self.scope, key) is None
+
+    async def test_holder_may_complete_after_its_lease_ran_out(self, store: AsyncStore) -> None:
+        """Fencing is by token: an expired lease nobody took over can still complete."""
+        key = _key()
+        first = await self._claim(store, key, lease=SHORT)
+        await async_sleep(PAST_SHORT)
+        await store.complete(self.scope, key, first.token, b"late", ttl=TTL)
+        again = await self._claim(store, key)
+        assert again.status is ClaimStatus.COMPLETED
+        assert again.record.outcome == b"late"
+
+    async def test_extend_moves_the_lease(self, store: AsyncStore) -> None:
+        """extend() pushes lease_until to now + lease; a wrong token is refused."""
+        key = _key()
+        first = await self._claim(store, key, lease=SHORT)
+        until = await store.extend(self.scope, key, first.token, lease=LEASE)
+        assert until > first.record.lease_until + 10  # type: ignore[operator]
+        await async_sleep(PAST_SHORT)
+        still = await self._claim(store, key)
+        assert still.status is ClaimStatus.IN_PROGRESS
+        with pytest.raises(LeaseLostError):
+            await store.extend(self.scope, key, _token(), lease=LEASE)
+
+    async def test_release_frees_the_key(self, store: AsyncStore) -> None:
+        """release() by the holder deletes the claim so a retry executes; others cannot."""
+        key = _key()
+        first = await self._claim(store, key)
+        assert await store.release(self.scope, key, _token()) is False
+        assert await store.release(self.scope, key, first.token) is True
+        assert await store.release(self.scope, key, first.token) is False
+        again = await self._claim(store, key, "another-fp")
+        assert again.status is ClaimStatus.ACQUIRED
+
+    async def test_release_of_completed_record_is_refused(self, store: AsyncStore) -> None:
+        """A completed record is not released by its old token."""
+        key = _key()
+        first = await self._claim(store, key)
+        await store.complete(self.scope, key, first.token, b"kept", ttl=TTL)
+        assert await store.release(self.scope, key, first.token) is False
+        assert (await self._claim(store, key)).status is ClaimStatus.COMPLETED
+
+    async def test_expired_lease_is_taken_over_and_stale_holder_fenced(
+        self, store: AsyncStore
+    ) -> None:
+        """After the lease runs out a new claim takes over; the stale holder cannot write."""
+        key = _key()
+        stale = await self._claim(store, key, lease=SHORT)
+        await store.set_recovery_point(self.scope, key, stale.token, b"phase-1", lease=SHORT)
+        await async_sleep(PAST_SHORT)
+        fresh = await self._claim(store, key)
+        assert fresh.status is ClaimStatus.ACQUIRED
+        assert fresh.takeover
+        assert fresh.token != stale.token
+        assert fresh.record.recovery_point == b"phase-1"
+        assert fresh.record.created_at == pytest.approx(stale.record.created_at, abs=0.01)
+        with pytest.raises(LeaseLostError):
+            await store.complete(self.scope, key, stale.token, b"stale", ttl=TTL)
+        with pytest.raises(LeaseLostError):
+            await store.extend(self.scope, key, stale.token, lease=LEASE)
+        with pytest.raises(LeaseLostError):
+            await store.set_recovery_point(self.scope, key, stale.token, b"x", lease=LEASE)
+        assert await store.release(self.scope, key, stale.token) is False
+        await store.complete(self.scope, key, fresh.token, b"fresh", ttl=TTL)
+        final = await self._claim(store, key)
+        assert final.status is ClaimStatus.COMPLETED
+        assert final.record.outcome == b"fresh"
+
+    async def test_recovery_point_is_kept_with_the_record(self, store: AsyncStore) -> None:
+        """set_recovery_point stores the marker and extends the lease; get shows it."""
+        key = _key()
+        first = await self._claim(store, key, lease=SHORT)
+        until = await store.set_recovery_point(
+            self.scope, key, first.token, b"\x00charged", lease=LEASE
+        )
+        assert until > first.record.lease_until + 10  # type: ignore[operator]
+        record = await store.get(self.scope, key)
+        assert record is not None
+        assert record.recovery_point == b"\x00charged"
+        assert record.token is None
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def test_completed_record_expires_after_ttl(self, store: AsyncStore) -> None:
+        """After its TTL a completed record is absent: get is None, a claim executes anew."""
+        key = _key()
+        first = await self._claim(store, key)
+        await store.complete(self.scope, key, first.token, b"old", ttl=SHORT)
+        assert await store.get(self.scope, key) is not None
+        await async_sleep(PAST_SHORT)
+        assert await store.get(self.scope, key) is None
+        again = await self._claim(store, key, "new-fp")
+        assert again.status is ClaimStatus.ACQUIRED
+        assert not again.takeover
+
+    async def test_purge_expired_deletes_in_batches(self, store: AsyncStore) -> None:
+        """purge_expired(limit) deletes at most limit expired records a call, and no live one."""
+        expiring = [_key("exp") for _ in range(25)]
+        for key in expiring:
+            claimed = await self._claim(store, key)
+            await store.complete(self.scope, key, claimed.token, b"x", ttl=SHORT)
+        keep = _key("keep")
+        kept = await self._claim(store, keep)
+        await store.complete(self.scope, keep, kept.token, b"keep", ttl=TTL)
+        held = _key("held")
+        await self._claim(store, held)
+        await async_sleep(PAST_SHORT)
+        total, batches = 0, 0
+        while True:
+            n = await store.purge_expired(limit=10)
+            assert 0 <= n <= 10
+            total += n
+            batches += 1
+            if n == 0 or batches > 20:
+                break
+        if self.expires_natively:
+            assert total == 0
+        else:
+            assert total >= 25  # other tests' leftovers may expire too
+            assert batches >= 3
+        for key in expiring:
+            assert await store.get(self.scope, key) is None
+        kept_record = await store.get(self.scope, keep)
+        assert kept_record is not None
+        assert kept_record.outcome == b"keep"
+        held_record = await store.get(self.scope, held)
+        assert held_record is not None
+        assert held_record.state is State.IN_PROGRESS
+
+    # -- get, delete, scopes, odd keys ------------------------------------------------------
+
+    async def test_get_and_delete(self, store: AsyncStore) -> None:
+        """get shows live records without tokens; delete removes them in any state."""
+        key = _key()
+        assert await store.get(self.scope, key) is None
+        first = await self._claim(store, key)
+        record = await store.get(self.scope, key)
+        assert record is not None
+        assert record.state is State.IN_PROGRESS
+        assert record.token is None
+        assert await store.delete(self.scope, key) is True
+        assert await store.delete(self.scope, key) is False
+        with pytest.raises(LeaseLostError):
+            await store.complete(self.scope, key, first.token, b"x", ttl=TTL)
+
+    async def test_scopes_are_isolated(self, store: AsyncStore) -> None:
+        """The same key in two scopes is two operations; neither sees the other."""
+        key = _key()
+        a = await self._claim(store, key, scope="tenant-a")
+        b = await self._claim(store, key, "other-fp", scope="tenant-b")
+        assert a.status is b.status is ClaimStatus.ACQUIRED
+        await store.complete("tenant-a", key, a.token, b"a", ttl=TTL)
+        record_b = await store.get("tenant-b", key)
+        assert record_b is not None
+        assert record_b.state is State.IN_PROGRESS
+        assert await store.get("tenant-c", key) is None
+        await store.delete("tenant-a", key)
+        await store.delete("tenant-b", key)
+
+    async def test_separator_characters_do_not_collide(self, store: AsyncStore) -> None:
+        """(scope 'a:b', key 'c') and (scope 'a', key 'b:c') are different records."""
+        suffix = uuid.uuid4().hex
+        one = await self._claim(store, f"c{suffix}", "fp1", scope=f"a:b{suffix}")
+        two = await self._claim(store, f"b{suffix}:c{suffix}", "fp2", scope="a")
+        assert one.status is two.status is ClaimStatus.ACQUIRED
+        await store.delete(f"a:b{suffix}", f"c{suffix}")
+        await store.delete("a", f"b{suffix}:c{suffix}")
+
+    @pytest.mark.parametrize(
+        "key",
+        [" ", "x" * 255, "{hash}tag", "quote'\"back\\slash", "%s %d ?$1", "sp ace:colon;semi"],
+    )
+    async def test_any_printable_key_works(self, store: AsyncStore, key: str) -> None:
+        """Keys are data, never code: quoting, format and Redis hash-tag characters are inert."""
+        key = key[:-8] + uuid.uuid4().hex[:8] if len(key) > 8 else key + uuid.uuid4().hex
+        first = await self._claim(store, key)
+        await store.complete(self.scope, key, first.token, key.encode(), ttl=TTL)
+        again = await self._claim(store, key)
+        assert again.status is ClaimStatus.COMPLETED
+        assert again.record.key == key
+        assert again.record.outcome == key.encode()
+        await store.delete(self.scope, key)
+
+    # -- concurrency -------------------------------------------------------------------------
+
+    async def test_concurrent_claimers_one_acquires(self, store: AsyncStore) -> None:
+        """64 simultaneous claimers of one key: exactly one acquires, the rest see it held."""
+        key = _key()
+
+        async def claim() -> ClaimResult:
+            return await self._claim(store, key)
+
+        results = await async_gather([claim] * CONCURRENCY)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors[:3]
+        statuses = [r.status for r in results if isinstance(r, ClaimResult)]
+        assert statuses.count(ClaimStatus.ACQUIRED) == 1
+        assert statuses.count(ClaimStatus.IN_PROGRESS) == CONCURRENCY - 1
+
+    async def test_concurrent_takeover_one_wins(self, store: AsyncStore) -> None:
+        """64 simultaneous claimers of an expired lease: exactly one takes over."""
+        key = _key()
+        await self._claim(store, key, lease=SHORT)
+        await async_sleep(PAST_SHORT)
+
+        async def claim() -> ClaimResult:
+            return await self._claim(store, key)
+
+        results = await async_gather([claim] * CONCURRENCY)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors[:3]
+        acquired = [r for r in results if isinstance(r, ClaimResult) and r.takeover]
+        assert len(acquired) == 1
+        statuses = [r.status for r in results if isinstance(r, ClaimResult)]
+        assert statuses.count(ClaimStatus.ACQUIRED) == 1
+
+    # -- time ----------------------------------------------------------------------------------
+
+    async def test_time_comes_from_the_store_not_the_client(self, store: AsyncStore) -> None:
+        """With the client's clock an hour off, leases and timestamps follow the store's clock."""
+        if not self.server_clock:
+            pytest.skip("this store's clock is the client's (in-process store)")
+        real_now = time.time()
+        skewed: Any = mock.patch("time.time", return_value=real_now + 3600.0)
+        key = _key()
+        with skewed:
+            first = await self._claim(store, key, lease=LEASE)
+            again = await self._claim(store, key)
+        assert first.now == pytest.approx(real_now, abs=30.0)
+        assert first.record.created_at == pytest.approx(real_now, abs=30.0)
+        assert again.status is ClaimStatus.IN_PROGRESS
+        skewed_back: Any = mock.patch("time.time", return_value=real_now - 3600.0)
+        with skewed_back:
+            await store.complete(self.scope, key, first.token, b"x", ttl=SHORT)
+        await async_sleep(PAST_SHORT)
+        assert await store.get(self.scope, key) is None
