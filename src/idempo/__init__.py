@@ -7,8 +7,18 @@
     def charge(order_id: str, amount: int) -> dict: ...
 """
 
+from idempo.core.outcome import JSONSerializer, PickleSerializer, Serializer
+from idempo.idempotency import Idempotency
 from idempo.stores import open_async_store, open_store
 
-__all__ = ["__version__", "open_async_store", "open_store"]
+__all__ = [
+    "Idempotency",
+    "JSONSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "__version__",
+    "open_async_store",
+    "open_store",
+]
 
 __version__ = "0.1.0"

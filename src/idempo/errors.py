@@ -86,6 +86,12 @@ class LeaseLostError(IdempoError):
 
     title = "Idempotency lease lost"
 
+    def __init__(self, message: str, *, executed: bool = False, value: Any = None) -> None:
+        super().__init__(message)
+        #: True when raised after the operation ran; ``value`` is then its live result.
+        self.executed = executed
+        self.value = value
+
 
 class OutcomeNotStoredError(IdempoError):
     """The key's first execution completed, but its result could not be kept (too large or not
@@ -117,10 +123,17 @@ class FingerprintError(IdempoError, TypeError):
 
 
 class StoreUnavailableError(IdempoError):
-    """The store cannot be reached. Nothing was written; the operation was not executed."""
+    """The store cannot be reached. Unless ``executed`` is True, the operation did not run."""
 
     status = 503
     title = "Idempotency store unavailable"
+
+    def __init__(self, message: str, *, executed: bool = False, value: Any = None) -> None:
+        super().__init__(message)
+        #: True when the store failed after the operation ran (its result could not be recorded;
+        #: the claim frees itself when its lease runs out). ``value`` is then the live result.
+        self.executed = executed
+        self.value = value
 
 
 class StoreError(IdempoError):

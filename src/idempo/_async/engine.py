@@ -1,0 +1,120 @@
+"""The engine driver: claim -> execute -> record -> replay, over an async store.
+
+All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
+only performs the I/O they call for. The sync twin in ``_sync/engine.py`` is generated.
+
+Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from idempo._primitives import async_sleep
+from idempo.core import outcome as outcomes
+from idempo.core.decide import Execute, Reject, Replay, Wait, decide
+from idempo.core.policy import Policy
+from idempo.errors import LeaseLostError, OutcomeNotStoredError, StoreUnavailableError
+from idempo.stores.base import AsyncStore
+
+__all__ = ["AsyncEngine"]
+
+log = logging.getLogger("idempo")
+
+
+class AsyncEngine:
+    """Runs operations at most once per (scope, key) at a time, and replays their results."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self.store = store
+
+    async def acquire(
+        self, scope: str, key: str, fingerprint: str, policy: Policy
+    ) -> Execute | Replay:
+        """Claim the key, waiting for an in-flight duplicate if the policy allows.
+
+        Returns Execute (we hold the claim) or Replay (stored outcome); raises the refusal
+        (KeyReuseError, InProgressError) otherwise.
+        """
+        token = secrets.token_hex(16)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            result = await self.store.claim(
+                scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
+            )
+            decision = decide(
+                result, waited=time.monotonic() - started, wait=policy.wait, attempt=attempt
+            )
+            if isinstance(decision, Execute | Replay):
+                return decision
+            if isinstance(decision, Reject):
+                raise decision.error
+            assert isinstance(decision, Wait)
+            await async_sleep(decision.delay)
+            attempt += 1
+
+    async def run(
+        self,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        policy: Policy,
+    ) -> Any:
+        """Run ``call`` once for (scope, key, fingerprint), or replay what its first run returned."""
+        decision = await self.acquire(scope, key, fingerprint, policy)
+        if isinstance(decision, Replay):
+            return self.replay(decision.outcome, scope=scope, key=key, policy=policy)
+        token = decision.token
+        if decision.takeover:
+            log.warning("idempo: took over the expired claim of %r/%r", scope, key)
+        try:
+            value = await call()
+        except BaseException:
+            # A failure is not kept: free the key so that a retry runs the operation again.
+            await self._release_quietly(scope, key, token)
+            raise
+        encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
+        try:
+            await self.store.complete(scope, key, token, encoded.data, ttl=policy.ttl)
+        except (LeaseLostError, StoreUnavailableError) as exc:
+            # The operation ran but its result could not be recorded. Say so, and hand back the
+            # live result so that nothing is lost.
+            exc.executed, exc.value = True, value
+            raise
+        if encoded.error is not None:
+            raise encoded.error
+        if not encoded.stored:
+            log.warning("idempo: result of %r/%r not kept: too large", scope, key)
+        return value
+
+    def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
+        value = outcomes.decode(policy.serializer, data)
+        if isinstance(value, outcomes.NotStored):
+            raise OutcomeNotStoredError(
+                f"idempotency key {key!r} already ran, but its result was not kept "
+                f"({value.reason}); use a new key to run the operation again",
+                reason=value.reason,
+                key=key,
+                scope=scope,
+            )
+        return value
+
+    async def _release_quietly(self, scope: str, key: str, token: str) -> None:
+        try:
+            await self.store.release(scope, key, token)
+        except Exception:
+            # The original error matters more. The claim frees itself when its lease runs out.
+            log.warning(
+                "idempo: could not release the claim of %r/%r; it frees itself when its lease "
+                "runs out",
+                scope,
+                key,
+                exc_info=True,
+            )

@@ -1,0 +1,294 @@
+"""``Idempotency``: the entry point, and its ``@idempotent`` decorator for def and async def.
+
+    idem = Idempotency(store="sqlite:///idempo.db", ttl=86400, lease=30)
+
+    @idem.idempotent(key=lambda order_id, amount: order_id)
+    def charge(order_id: str, amount: int) -> dict: ...
+
+One decorator picks the sync or async wrapper; both drive the same engine (the sync one is
+generated from the async one), whose decisions live in :mod:`idempo.core`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+from urllib.parse import urlsplit
+
+from idempo._async.engine import AsyncEngine
+from idempo._sync.engine import Engine
+from idempo.core.fingerprint import bind_call, fingerprint
+from idempo.core.keys import validate_key, validate_scope
+from idempo.core.outcome import Serializer
+from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
+from idempo.stores import open_async_store, open_store
+from idempo.stores.base import AsyncStore, Store
+from idempo.stores.memory import AsyncMemoryStore, MemoryStore
+
+__all__ = ["DEFAULT_STORE", "Idempotency"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_STORE = "sqlite:///idempo.db"
+
+# Keys derived from the arguments (no key= given) carry this prefix, so they cannot collide
+# with keys a caller chose.
+_DERIVED_KEY_PREFIX = "args:"
+
+
+class Idempotency:
+    """Holds the store and the defaults; makes functions idempotent.
+
+    ``store`` is a URL (``memory://``, ``sqlite:///path.db``, ``redis://…``,
+    ``postgresql://…``), a :class:`~idempo.stores.base.Store`, or an
+    :class:`~idempo.stores.base.AsyncStore`. With a URL, the sync and async stores are opened on
+    first use; with an instance, only functions of its kind can be decorated.
+
+    ``ttl``: seconds a completed result is replayed. ``lease``: seconds one execution may hold
+    a key before another call may take it over (make it longer than the operation takes).
+    ``wait``: seconds a duplicate call waits for an in-flight first call before raising
+    :class:`~idempo.errors.InProgressError` (0: raise at once). ``serializer``: how results are
+    kept (JSON by default). ``max_outcome_bytes``: larger results are returned once but not
+    kept; a retry then raises :class:`~idempo.errors.OutcomeNotStoredError`.
+    """
+
+    def __init__(
+        self,
+        store: str | Store | AsyncStore = DEFAULT_STORE,
+        *,
+        ttl: float = DEFAULT_TTL,
+        lease: float = DEFAULT_LEASE,
+        wait: float = 0.0,
+        serializer: Serializer | None = None,
+        max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES,
+        store_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.policy = Policy(
+            ttl=ttl,
+            lease=lease,
+            wait=wait,
+            max_outcome_bytes=max_outcome_bytes,
+            **({"serializer": serializer} if serializer is not None else {}),
+        )
+        self._url: str | None = None
+        self._sync_store: Store | None = None
+        self._async_store: AsyncStore | None = None
+        self._store_options = store_options or {}
+        self._lock = threading.Lock()
+        if isinstance(store, str):
+            urlsplit(store)  # fail early on nonsense
+            self._url = store
+        elif isinstance(store, AsyncStore) and inspect.iscoroutinefunction(store.claim):
+            self._async_store = store
+        elif isinstance(store, Store):
+            self._sync_store = store
+        else:
+            raise TypeError(f"store must be a URL or a store, not {type(store).__name__}")
+
+    # -- stores ------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The synchronous store (opened from the URL on first use)."""
+        if self._sync_store is None:
+            if self._url is None:
+                raise TypeError(
+                    "this Idempotency was given an async store; it cannot serve a plain def "
+                    "(pass a URL, or a sync store from open_store())"
+                )
+            with self._lock:
+                if self._sync_store is None:
+                    self._sync_store = open_store(self._url, **self._store_options)
+        return self._sync_store
+
+    @property
+    def async_store(self) -> AsyncStore:
+        """The asynchronous store (opened from the URL on first use)."""
+        if self._async_store is None:
+            if self._url is None:
+                raise TypeError(
+                    "this Idempotency was given a sync store; it cannot serve an async def "
+                    "(pass a URL, or an async store from open_async_store())"
+                )
+            with self._lock:
+                if self._async_store is None:
+                    if urlsplit(self._url).scheme == "memory":
+                        # One in-process dict must serve both kinds of function.
+                        sync = self.store
+                        assert isinstance(sync, MemoryStore)
+                        self._async_store = AsyncMemoryStore(sync)
+                    else:
+                        self._async_store = open_async_store(self._url, **self._store_options)
+        return self._async_store
+
+    def close(self) -> None:
+        """Close the sync store this object opened (an async one: use :meth:`aclose`)."""
+        if self._url is not None and self._sync_store is not None:
+            self._sync_store.close()
+            self._sync_store = None
+
+    async def aclose(self) -> None:
+        """Close every store this object opened."""
+        if self._url is not None and self._async_store is not None:
+            await self._async_store.close()
+            self._async_store = None
+        self.close()
+
+    # -- the decorator -----------------------------------------------------------------------
+
+    @overload
+    def idempotent(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def idempotent(
+        self,
+        fn: None = None,
+        /,
+        *,
+        key: Callable[..., str] | None = None,
+        scope: str | Callable[..., str] = "",
+        fingerprint: Callable[..., Any] | None = None,
+        name: str | None = None,
+        ttl: float | None = None,
+        lease: float | None = None,
+        wait: float | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def idempotent(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        key: Callable[..., str] | None = None,
+        scope: str | Callable[..., str] = "",
+        fingerprint: Callable[..., Any] | None = None,
+        name: str | None = None,
+        ttl: float | None = None,
+        lease: float | None = None,
+        wait: float | None = None,
+    ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+        """Make ``fn`` idempotent: the first call with a key runs it and keeps its result; a
+        repeat returns that result without running it.
+
+        ``key``: called with the function's arguments, returns the idempotency key. Without it
+        the key is derived from all the arguments (each distinct call runs once).
+        ``scope``: a namespace (str, or callable of the arguments), e.g. the tenant.
+        ``fingerprint``: called with the arguments, returns what identifies the request (default:
+        all arguments); reusing a key with another fingerprint raises KeyReuseError.
+        ``name``: the operation's name in the store (default ``module.qualname``); two functions
+        never share records, and renaming a function would orphan its records unless ``name``
+        pins it. ``ttl``, ``lease``, ``wait``: override the defaults.
+        """
+        overrides = {
+            k: v for k, v in {"ttl": ttl, "lease": lease, "wait": wait}.items() if v is not None
+        }
+        policy = _replace_policy(self.policy, overrides)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            op = _Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
+            if inspect.iscoroutinefunction(func):
+                self._check_can_serve(func, want_async=True)
+
+                @functools.wraps(func)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    s, k, f = op.identify(args, kwargs)
+                    engine = AsyncEngine(self.async_store)
+                    return await engine.run(
+                        lambda: func(*args, **kwargs),  # type: ignore[arg-type]
+                        scope=s,
+                        key=k,
+                        fingerprint=f,
+                        policy=policy,
+                    )
+
+                return async_wrapper  # type: ignore[return-value]
+
+            self._check_can_serve(func, want_async=False)
+
+            @functools.wraps(func)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                s, k, f = op.identify(args, kwargs)
+                engine = Engine(self.store)
+                result: R = engine.run(
+                    lambda: func(*args, **kwargs), scope=s, key=k, fingerprint=f, policy=policy
+                )
+                return result
+
+            return wrapper
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def _check_can_serve(self, func: Callable[..., Any], *, want_async: bool) -> None:
+        """Say at decoration time, not at the first call, when the store cannot serve ``func``."""
+        if self._url is not None:
+            return
+        if want_async and self._async_store is None:
+            raise TypeError(
+                f"cannot make async def {func.__qualname__} idempotent: this Idempotency holds a "
+                "sync store; pass a URL or an async store (open_async_store())"
+            )
+        if not want_async and self._sync_store is None:
+            raise TypeError(
+                f"cannot make def {func.__qualname__} idempotent: this Idempotency holds an "
+                "async store; pass a URL or a sync store (open_store())"
+            )
+
+
+def _replace_policy(policy: Policy, overrides: dict[str, float]) -> Policy:
+    if not overrides:
+        return policy
+    return Policy(
+        ttl=overrides.get("ttl", policy.ttl),
+        lease=overrides.get("lease", policy.lease),
+        wait=overrides.get("wait", policy.wait),
+        serializer=policy.serializer,
+        max_outcome_bytes=policy.max_outcome_bytes,
+    )
+
+
+class _Operation:
+    """How one decorated function turns its arguments into (scope, key, fingerprint)."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        key: Callable[..., str] | None,
+        scope: str | Callable[..., str],
+        fingerprint: Callable[..., Any] | None,
+        name: str | None,
+    ) -> None:
+        self.signature = inspect.signature(func)
+        self.name = name or f"{func.__module__}.{func.__qualname__}"
+        self.key = key
+        self.scope = scope
+        self.fingerprint = fingerprint
+        if not isinstance(scope, str) and not callable(scope):
+            raise TypeError("scope must be a str or a callable of the function's arguments")
+        if isinstance(scope, str):
+            validate_scope(self._scoped(scope))
+
+    def _scoped(self, user_scope: str) -> str:
+        # Records of different functions never meet: the operation's name is part of the scope.
+        return f"{user_scope}/{self.name}" if user_scope else self.name
+
+    def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
+        # A wrong call raises the TypeError the function itself would, before any store I/O.
+        arguments = bind_call(self.signature, args, kwargs)
+        fp_source = (
+            arguments if self.fingerprint is None else self.fingerprint(*args, **kwargs)
+        )
+        fp = fingerprint(fp_source)
+        if self.key is None:
+            key = _DERIVED_KEY_PREFIX + fp
+        else:
+            key = validate_key(self.key(*args, **kwargs))
+        user_scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
+        scope = validate_scope(self._scoped(validate_scope(user_scope)))
+        return scope, key, fp
