@@ -78,7 +78,7 @@ class Idempotency:
         self._sync_store: Store | None = None
         self._async_store: AsyncStore | None = None
         self._store_options = store_options or {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         if isinstance(store, str):
             urlsplit(store)  # fail early on nonsense
             self._url = store
