@@ -37,7 +37,7 @@ and returns it; ``set_recovery_point`` stores a phase marker (and extends the le
 All three raise :class:`~idempo.errors.LeaseLostError` when ``token`` is not the current token
 of an in_progress record. ``release(..., token)`` deletes the record if ``token`` is current and
 returns whether it did. ``get`` returns the live record (without its token) or None; ``delete`` removes it whatever
-its state; ``purge_expired(limit)`` deletes at most ``limit`` expired records in one batch and
+its state (True if a live record was removed); ``purge_expired(limit)`` deletes at most ``limit`` expired records in one batch and
 returns how many (stores whose server expires keys itself return 0).
 """
 

@@ -92,7 +92,8 @@ class MemoryStore:
 
     def delete(self, scope: str, key: str) -> bool:
         with self._lock:
-            return self._records.pop((scope, key), None) is not None
+            record = self._records.pop((scope, key), None)
+            return transitions.live(record, self._clock()) is not None
 
     def purge_expired(self, limit: int = 1000) -> int:
         with self._lock:

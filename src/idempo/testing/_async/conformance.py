@@ -323,6 +323,14 @@ class AsyncStoreConformance:
         with pytest.raises(LeaseLostError):
             await store.complete(self.scope, key, first.token, b"x", ttl=TTL)
 
+    async def test_delete_of_expired_record_is_false(self, store: AsyncStore) -> None:
+        """An expired record counts as absent for delete too."""
+        key = _key()
+        first = await self._claim(store, key)
+        await store.complete(self.scope, key, first.token, b"x", ttl=SHORT)
+        await async_sleep(PAST_SHORT)
+        assert await store.delete(self.scope, key) is False
+
     async def test_scopes_are_isolated(self, store: AsyncStore) -> None:
         """The same key in two scopes is two operations; neither sees the other."""
         key = _key()

@@ -324,6 +324,14 @@ class StoreConformance:
         with pytest.raises(LeaseLostError):
             store.complete(self.scope, key, first.token, b"x", ttl=TTL)
 
+    def test_delete_of_expired_record_is_false(self, store: Store) -> None:
+        """An expired record counts as absent for delete too."""
+        key = _key()
+        first = self._claim(store, key)
+        store.complete(self.scope, key, first.token, b"x", ttl=SHORT)
+        sync_sleep(PAST_SHORT)
+        assert store.delete(self.scope, key) is False
+
     def test_scopes_are_isolated(self, store: Store) -> None:
         """The same key in two scopes is two operations; neither sees the other."""
         key = _key()
