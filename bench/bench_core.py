@@ -1,0 +1,294 @@
+"""Core benchmark: store round trips per operation, and the decorator's cost against a floor.
+
+    make bench                       # or: .venv/bin/python bench/bench_core.py --calls 2000
+
+For each store it prints:
+
+* round trips per new key, per replay, per rejected duplicate (in flight) and per key reuse
+  (mismatch). Counted twice: store operations issued by the engine (client side), and what the
+  server saw: Redis ``INFO commandstats`` calls, PostgreSQL ``pg_stat_database.xact_commit``
+  of a database used by nothing else (autocommit: one transaction per statement). SQLite and
+  memory have no server; their client count is the whole story.
+* time per decorated call (new key, and replay) as a ratio to a hand-written minimal Redis
+  protocol measured in the same run: ``SET key NX PX lease`` then ``SET key result PX ttl``
+  (new key), ``SET NX`` failing then ``GET`` (replay). The target is 1.5x for a new key.
+
+Everything talks to 127.0.0.1 only and runs a bounded number of calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from idempo import Idempotency, open_store
+from idempo.errors import InProgressError, KeyReuseError
+from idempo.stores.base import Store
+
+REDIS_URL = os.environ.get("IDEMPO_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("IDEMPO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class CountingStore:
+    """Wraps a store and counts the contract operations the engine issues (client side)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name in {"claim", "complete", "extend", "release", "get", "delete"}:
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls += 1
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+# -- server-side counters -----------------------------------------------------------------------
+
+
+class RedisCounter:
+    def __init__(self) -> None:
+        self.client = redis.Redis.from_url(REDIS_URL)
+
+    def read(self) -> int:
+        stats = self.client.info("commandstats")
+        # INFO itself is counted once per read; leave it out.
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+
+class PostgresCounter:
+    """Committed transactions of one private database, read from another connection."""
+
+    def __init__(self, dbname: str) -> None:
+        self.dbname = dbname
+        self.conn = psycopg.connect(POSTGRES_URL, autocommit=True)
+
+    def read(self) -> int:
+        # Backends flush their statistics within about a second of going idle.
+        time.sleep(1.2)
+        self.conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = self.conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.dbname,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@contextlib.contextmanager
+def private_postgres_db() -> Iterator[tuple[str, str]]:
+    """A database for the benchmark alone, so its transaction count is ours."""
+    name = f"idempo_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url, name
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- round trips ----------------------------------------------------------------------------------
+
+
+def round_trips(store: Store, server: Callable[[], int] | None, n: int) -> dict[str, Any]:
+    counting = CountingStore(store)
+    idem = Idempotency(counting, ttl=600, lease=600)  # type: ignore[arg-type]
+    holding = threading.Event()
+    release = threading.Event()
+
+    @idem.idempotent(key=lambda k, v: k, name="bench")
+    def op(k: str, v: int) -> dict[str, int]:
+        if v == -1:  # the in-flight holder: park until told
+            holding.set()
+            release.wait(60)
+        return {"v": v}
+
+    run = uuid.uuid4().hex[:8]
+    keys = [f"{run}-{i}" for i in range(n)]
+    op(f"{run}-warm", 0)
+
+    def measure(fn: Callable[[], None]) -> tuple[float, float | None]:
+        before_c = counting.calls
+        before_s = server() if server else None
+        fn()
+        after_c = counting.calls
+        after_s = server() if server else None
+        client = (after_c - before_c) / n
+        srv = None if before_s is None or after_s is None else (after_s - before_s) / n
+        return client, srv
+
+    out: dict[str, Any] = {}
+    out["new key"] = measure(lambda: [op(k, 1) for k in keys] and None)
+    out["replay"] = measure(lambda: [op(k, 1) for k in keys] and None)
+
+    def mismatches() -> None:
+        for k in keys:
+            with contextlib.suppress(KeyReuseError):
+                op(k, 2)
+
+    out["key reuse"] = measure(mismatches)
+
+    held = f"{run}-held"
+    holder = threading.Thread(target=op, args=(held, -1))
+    holder.start()
+    holding.wait(10)
+
+    def duplicates() -> None:
+        for _ in keys:
+            with contextlib.suppress(InProgressError):
+                op(held, -1)
+
+    out["in flight"] = measure(duplicates)
+    release.set()
+    holder.join(10)
+    return out
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def per_call(fn: Callable[[int], None], n: int, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` runs of ``n`` calls."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def timings(stores: dict[str, Store], n: int, repeats: int) -> dict[str, dict[str, float]]:
+    client = redis.Redis.from_url(REDIS_URL)
+    run = uuid.uuid4().hex[:8]
+    counter = [0]
+
+    def floor_new(i: int) -> None:
+        counter[0] += 1
+        k = f"idempo-bench-floor:{run}:{counter[0]}"
+        if client.set(k, b"in_progress", nx=True, px=30_000):
+            client.set(k, b'{"v":1}', px=86_400_000)
+
+    client.set(f"idempo-bench-floor:{run}:done", b'{"v":1}', px=600_000)
+
+    def floor_replay(i: int) -> None:
+        k = f"idempo-bench-floor:{run}:done"
+        if not client.set(k, b"in_progress", nx=True, px=30_000):
+            client.get(k)
+
+    def bare(i: int) -> None:
+        _ = {"v": i}
+
+    results: dict[str, dict[str, float]] = {
+        "bare function": {"new key": per_call(bare, n, repeats), "replay": 0.0},
+        "floor: Redis SET NX + SET": {
+            "new key": per_call(floor_new, n, repeats),
+            "replay": per_call(floor_replay, n, repeats),
+        },
+    }
+    for name, store in stores.items():
+        idem = Idempotency(store, ttl=600, lease=30)
+        seq = [0]
+
+        @idem.idempotent(key=lambda order_id, amount: order_id, name="bench-timing")
+        def charge(order_id: str, amount: int) -> dict[str, int]:
+            return {"amount": amount}
+
+        def new(i: int) -> None:
+            seq[0] += 1
+            charge(f"{run}-{seq[0]}", 1)
+
+        charge(f"{run}-replayed", 1)
+
+        def replay(i: int) -> None:
+            charge(f"{run}-replayed", 1)
+
+        results[f"idempo + {name}"] = {
+            "new key": per_call(new, n, repeats),
+            "replay": per_call(replay, n, repeats),
+        }
+    keys = list(client.scan_iter(match=f"idempo-bench-floor:{run}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    return results
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per timing run")
+    parser.add_argument("--repeats", type=int, default=5, help="timing runs (median taken)")
+    parser.add_argument("--rt-calls", type=int, default=300, help="calls per round-trip count")
+    args = parser.parse_args(argv)
+
+    prefix = f"idempo-bench-{uuid.uuid4().hex[:8]}:"
+    with tempfile.TemporaryDirectory() as tmp, private_postgres_db() as (pg_url, pg_db):
+        stores: dict[str, Store] = {
+            "memory": open_store("memory://"),
+            "sqlite": open_store(f"sqlite:///{Path(tmp) / 'bench.db'}"),
+            "redis": open_store(REDIS_URL, prefix=prefix),
+            "postgres": open_store(pg_url),
+        }
+        stores["postgres"].migrate()
+        stores["sqlite"].migrate()
+        servers: dict[str, Callable[[], int] | None] = {
+            "memory": None,
+            "sqlite": None,
+            "redis": RedisCounter().read,
+            "postgres": PostgresCounter(pg_db).read,
+        }
+        print(f"Round trips per call ({args.rt_calls} calls each; client ops / server count)")
+        print(f"{'store':10}{'new key':>16}{'replay':>16}{'in flight':>16}{'key reuse':>16}")
+        for name, store in stores.items():
+            rt = round_trips(store, servers[name], args.rt_calls)
+            cells = []
+            for col in ("new key", "replay", "in flight", "key reuse"):
+                client_n, server_n = rt[col]
+                cells.append(
+                    f"{client_n:.2f} / {server_n:.2f}" if server_n is not None else f"{client_n:.2f}"
+                )
+            print(f"{name:10}" + "".join(f"{c:>16}" for c in cells))
+
+        print()
+        print(f"Time per call ({args.calls} calls x {args.repeats} runs, median; ratio to floor)")
+        t = timings(stores, args.calls, args.repeats)
+        floor = t["floor: Redis SET NX + SET"]
+        print(f"{'':28}{'new key':>12}{'ratio':>8}{'replay':>12}{'ratio':>8}")
+        for name, row in t.items():
+            new_ratio = row["new key"] / floor["new key"]
+            replay_ratio = row["replay"] / floor["replay"] if row["replay"] else 0.0
+            print(
+                f"{name:28}{row['new key'] * 1e6:>10.1f}us{new_ratio:>8.2f}"
+                f"{row['replay'] * 1e6:>10.1f}us{replay_ratio:>8.2f}"
+            )
+        for store in stores.values():
+            store.close()
+        cleanup = redis.Redis.from_url(REDIS_URL)
+        keys = list(cleanup.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            cleanup.delete(*keys)
+        cleanup.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
