@@ -207,28 +207,28 @@ def timings(stores: dict[str, Store], n: int, repeats: int) -> dict[str, dict[st
     }
     for name, store in stores.items():
         idem = Idempotency(store, ttl=600, lease=30)
-        seq = [0]
 
         @idem.idempotent(key=lambda order_id, amount: order_id, name="bench-timing")
         def charge(order_id: str, amount: int) -> dict[str, int]:
             return {"amount": amount}
 
-        def new(i: int) -> None:
-            seq[0] += 1
-            charge(f"{run}-{seq[0]}", 1)
+        keys = iter(range(10**9))
+
+        def new(i: int, charge: Any = charge, keys: Any = keys) -> None:
+            charge(f"{run}-{next(keys)}", 1)
 
         charge(f"{run}-replayed", 1)
 
-        def replay(i: int) -> None:
+        def replay(i: int, charge: Any = charge) -> None:
             charge(f"{run}-replayed", 1)
 
         results[f"idempo + {name}"] = {
             "new key": per_call(new, n, repeats),
             "replay": per_call(replay, n, repeats),
         }
-    keys = list(client.scan_iter(match=f"idempo-bench-floor:{run}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    leftovers = list(client.scan_iter(match=f"idempo-bench-floor:{run}:*", count=1000))
+    if leftovers:
+        client.delete(*leftovers)
     client.close()
     return results
 
@@ -264,7 +264,9 @@ def main(argv: list[str]) -> int:
             for col in ("new key", "replay", "in flight", "key reuse"):
                 client_n, server_n = rt[col]
                 cells.append(
-                    f"{client_n:.2f} / {server_n:.2f}" if server_n is not None else f"{client_n:.2f}"
+                    f"{client_n:.2f} / {server_n:.2f}"
+                    if server_n is not None
+                    else f"{client_n:.2f}"
                 )
             print(f"{name:10}" + "".join(f"{c:>16}" for c in cells))
 

@@ -281,9 +281,7 @@ def test_unserializable_result_is_an_error_and_not_run_twice(idem: Idempotency) 
     assert c.calls == 1
 
 
-def test_too_large_result_is_returned_once_then_refused(
-    idem: Idempotency, tmp_path: Path
-) -> None:
+def test_too_large_result_is_returned_once_then_refused(idem: Idempotency, tmp_path: Path) -> None:
     """Above max_outcome_bytes: the live result is returned, a retry gets a clear error."""
     small = Idempotency(idem.store, max_outcome_bytes=100)
     c = Counter()

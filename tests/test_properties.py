@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from idempo.core.fingerprint import canonical_json, fingerprint, fingerprint_call
 from idempo.core.keys import MAX_KEY_LENGTH, validate_key
@@ -57,8 +57,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -195,9 +196,7 @@ class RecordMachine(RuleBasedStateMachine):
             return self.stale_tokens[key][-1]
         return uuid.uuid4().hex
 
-    @rule(
-        key=st.sampled_from(KEYS), fp=st.sampled_from(FINGERPRINTS), short=st.booleans()
-    )
+    @rule(key=st.sampled_from(KEYS), fp=st.sampled_from(FINGERPRINTS), short=st.booleans())
     def claim(self, key: str, fp: str, short: bool) -> None:
         token = uuid.uuid4().hex
         result = self.store.claim(
@@ -255,7 +254,9 @@ class RecordMachine(RuleBasedStateMachine):
         )
         if holds:
             assert current is not None
-            self.store.set_recovery_point(self.scope, key, token, b"rp-" + token[:4].encode(), lease=LONG)
+            self.store.set_recovery_point(
+                self.scope, key, token, b"rp-" + token[:4].encode(), lease=LONG
+            )
             current.short_lease, current.lease_expired = False, False
             current.recovery_point = b"rp-" + token[:4].encode()
         else:
@@ -322,9 +323,7 @@ class MemoryRecordMachine(RecordMachine):
 
 
 TestMemoryRecordMachine = MemoryRecordMachine.TestCase
-TestMemoryRecordMachine.settings = settings(
-    max_examples=200, stateful_step_count=30, deadline=None
-)
+TestMemoryRecordMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 
 
 def _real_machine(kind: str) -> type[RecordMachine]:

@@ -28,7 +28,9 @@ class TestSyncStore(StoreConformance):
 
 class TestAsyncStore(AsyncStoreConformance):
     @pytest.fixture(params=STORE_KINDS)
-    async def store(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    async def store(
+        self, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> AsyncIterator[AsyncStore]:
         self.expires_natively = request.param in NATIVE_EXPIRY
         self.server_clock = request.param not in CLIENT_CLOCK
         async with async_store(request.param, tmp_path) as store:

@@ -198,7 +198,7 @@ class Idempotency:
                     s, k, f = op.identify(args, kwargs)
                     engine = AsyncEngine(self.async_store)
                     return await engine.run(
-                        lambda: func(*args, **kwargs),  # type: ignore[arg-type]
+                        lambda: func(*args, **kwargs),
                         scope=s,
                         key=k,
                         fingerprint=f,
@@ -281,9 +281,7 @@ class _Operation:
     def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
         # A wrong call raises the TypeError the function itself would, before any store I/O.
         arguments = bind_call(self.signature, args, kwargs)
-        fp_source = (
-            arguments if self.fingerprint is None else self.fingerprint(*args, **kwargs)
-        )
+        fp_source = arguments if self.fingerprint is None else self.fingerprint(*args, **kwargs)
         fp = fingerprint(fp_source)
         if self.key is None:
             key = _DERIVED_KEY_PREFIX + fp

@@ -67,7 +67,7 @@ class AsyncEngine:
         fingerprint: str,
         policy: Policy,
     ) -> Any:
-        """Run ``call`` once for (scope, key, fingerprint), or replay what its first run returned."""
+        """Run ``call`` once per (scope, key, fingerprint), or replay its first run's result."""
         decision = await self.acquire(scope, key, fingerprint, policy)
         if isinstance(decision, Replay):
             return self.replay(decision.outcome, scope=scope, key=key, policy=policy)

@@ -125,4 +125,3 @@ def bind_call(
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
-

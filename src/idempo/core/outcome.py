@@ -55,7 +55,9 @@ class JSONSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            return json.dumps(
+                value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"the JSON serializer cannot keep a {type(value).__name__} result ({exc}); return "
@@ -82,7 +84,7 @@ class PickleSerializer:
             ) from exc
 
     def loads(self, data: bytes) -> Any:
-        return pickle.loads(data)  # noqa: S301 - documented: trusted stores only
+        return pickle.loads(data)
 
 
 @dataclass(frozen=True, slots=True)

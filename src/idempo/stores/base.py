@@ -36,9 +36,10 @@ holder may still finish). ``extend(..., token, lease=)`` moves ``lease_until`` t
 and returns it; ``set_recovery_point`` stores a phase marker (and extends the lease likewise).
 All three raise :class:`~idempo.errors.LeaseLostError` when ``token`` is not the current token
 of an in_progress record. ``release(..., token)`` deletes the record if ``token`` is current and
-returns whether it did. ``get`` returns the live record (without its token) or None; ``delete`` removes it whatever
-its state (True if a live record was removed); ``purge_expired(limit)`` deletes at most ``limit`` expired records in one batch and
-returns how many (stores whose server expires keys itself return 0).
+returns whether it did. ``get`` returns the live record (without its token) or None;
+``delete`` removes it whatever its state (True if a live record was removed);
+``purge_expired(limit)`` deletes at most ``limit`` expired records in one batch and returns how
+many (stores whose server expires keys itself return 0).
 """
 
 from __future__ import annotations
@@ -58,9 +59,7 @@ class Store(Protocol):
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult: ...
 
-    def complete(
-        self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
-    ) -> None: ...
+    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None: ...
 
     def extend(self, scope: str, key: str, token: str, *, lease: float) -> float: ...
 

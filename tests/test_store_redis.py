@@ -1,0 +1,460 @@
+"""What the Redis store promises beyond the conformance suite: one command per operation, its
+record layout, error translation, WAIT, and client ownership."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from idempo import open_store
+from idempo.core.records import ClaimStatus, State
+from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
+from idempo.stores.redis import AsyncRedisStore, RedisStore
+from tests.conftest import REDIS_URL, require_service
+
+pytestmark = pytest.mark.redis
+
+LEASE, TTL = 30.0, 60.0
+DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def _no_retry() -> dict[str, Any]:
+    """Client options that fail at once instead of retrying with backoff."""
+    return {
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 0.5,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def _async_no_retry() -> dict[str, Any]:
+    return {**_no_retry(), "retry": AsyncRetry(NoBackoff(), 0)}
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    require_service("redis")
+    prefix = f"idempo-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+def raw() -> Iterator[redis.Redis]:
+    """A plain client to look behind the store's back."""
+    require_service("redis")
+    with redis.Redis.from_url(REDIS_URL) as client:
+        yield client
+
+
+@pytest.fixture
+def store(prefix: str) -> Iterator[RedisStore]:
+    s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def astore(prefix: str) -> AsyncIterator[AsyncRedisStore]:
+    s = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix)
+    yield s
+    await s.close()
+
+
+def _key() -> str:
+    return f"k-{uuid.uuid4().hex}"
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+# -- one command per operation -----------------------------------------------------------------
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name: int(value["calls"]) for name, value in stats.items()}
+
+
+def _evalsha_calls(probe: redis.Redis, op: Callable[[], object], tries: int = 5) -> int:
+    """How many EVALSHA the server ran during ``op()``, per INFO commandstats.
+
+    The server is shared: other clients may add calls, never remove any. The least delta over a
+    few tries is thus an upper bound, exact as soon as one try ran alone.
+    """
+    deltas = []
+    for _ in range(tries):
+        before = _calls(probe)["cmdstat_evalsha"]
+        op()
+        deltas.append(_calls(probe)["cmdstat_evalsha"] - before)
+        if deltas[-1] <= 1:
+            break
+    return min(deltas)
+
+
+@contextlib.contextmanager
+def _sent_by(probe: redis.Redis, client_name: str) -> Iterator[list[str]]:
+    """The commands that connections named ``client_name`` sent while the block ran, as
+    ``"NAME@address"`` strings.
+
+    commandstats also counts the commands a script runs inside the server, so it cannot tell
+    the store's own commands apart; MONITOR can: it names each command's connection (a
+    script's are from "lua").
+    """
+    sent: list[str] = []
+    marker = f"end-of-watch-{uuid.uuid4().hex}"
+    seen = []
+    with probe.monitor() as monitor:  # type: ignore[no-untyped-call]
+        yield sent
+        probe.echo(marker)
+        while marker not in (command := monitor.next_command())["command"]:
+            seen.append(command)
+    mine = {c["addr"] for c in probe.client_list() if c["name"] == client_name}
+    for c in seen:
+        address = f"{c['client_address']}:{c['client_port']}"
+        if c["client_type"] == "tcp" and address in mine:
+            sent.append(f"{c['command'].split()[0]}@{address}")
+
+
+def _names(sent: list[str]) -> list[str]:
+    return [command.partition("@")[0] for command in sent]
+
+
+def test_every_operation_is_one_evalsha(raw: redis.Redis, prefix: str) -> None:
+    """Each operation is one EVALSHA at the server, and the store sends nothing else."""
+    name = f"idempo-test-{uuid.uuid4().hex}"
+    store = RedisStore.from_url(REDIS_URL, prefix=prefix, client_name=name)
+    # Warm up: every script loaded, the pooled connection past its handshake.
+    warm = _key()
+    store.claim("s", warm, "fp", "t", lease=LEASE, ttl=TTL)
+    store.extend("s", warm, "t", lease=LEASE)
+    store.complete("s", warm, "t", b"x", ttl=TTL)
+    store.release("s", warm, "t"), store.get("s", warm), store.delete("s", warm)
+
+    # Keys claimed ahead, so that every try of a claim or complete takes the same path.
+    fresh = iter([_key() for _ in range(10)])
+    held = [(_key(), _token()) for _ in range(10)]
+    for key, token in held:
+        store.claim("s", key, "fp", token, lease=LEASE, ttl=TTL)
+    to_complete = iter(held[1:])
+    key, token = held[0]
+
+    operations: dict[str, Callable[[], object]] = {
+        "claim": lambda: store.claim("s", next(fresh), "fp", _token(), lease=LEASE, ttl=TTL),
+        "claim held": lambda: store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL),
+        "extend": lambda: store.extend("s", key, token, lease=LEASE),
+        "set_recovery_point": lambda: store.set_recovery_point("s", key, token, b"p", lease=LEASE),
+        "get": lambda: store.get("s", key),
+        "release": lambda: store.release("s", key, "not-the-token"),
+        "delete": lambda: store.delete("s", _key()),
+        "complete": lambda: store.complete("s", *next(to_complete), b"out", ttl=TTL),
+    }
+    try:
+        for label, op in operations.items():
+            assert _evalsha_calls(raw, op) == 1, label
+            with _sent_by(raw, name) as sent:
+                op()
+            assert _names(sent) == ["EVALSHA"], label
+    finally:
+        store.close()
+
+
+async def test_async_operations_are_one_evalsha(raw: redis.Redis, prefix: str) -> None:
+    name = f"idempo-test-{uuid.uuid4().hex}"
+    store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, client_name=name)
+    try:
+        key = _key()
+        await store.get("s", key)  # warm up the connection
+        with _sent_by(raw, name) as sent:
+            claimed = await store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+            await store.set_recovery_point("s", key, claimed.token, b"p", lease=LEASE)
+            await store.complete("s", key, claimed.token, b"out", ttl=TTL)
+            await store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+        assert _names(sent) == ["EVALSHA"] * 4
+    finally:
+        await store.close()
+
+
+# -- layout --------------------------------------------------------------------------------------
+
+
+def test_record_layout(store: RedisStore, raw: redis.Redis, prefix: str) -> None:
+    key = _key()
+    claimed = store.claim("scope:x", key, "fp", "tok", lease=LEASE, ttl=TTL)
+    redis_key = f"{prefix}7:scope:x:{key}"
+    assert store.redis_key("scope:x", key) == redis_key
+    fields = raw.hgetall(redis_key)
+    assert fields[b"v"] == b"1"
+    assert fields[b"state"] == b"in_progress"
+    assert fields[b"token"] == b"tok"
+    assert int(fields[b"expires_at"]) == round(claimed.record.expires_at * 1000)
+    # Redis expires the key itself, at expires_at exactly
+    assert raw.pexpiretime(redis_key) == int(fields[b"expires_at"])
+    store.complete("scope:x", key, "tok", b"\x00out", ttl=5.0)
+    fields = raw.hgetall(redis_key)
+    assert fields[b"state"] == b"completed"
+    assert fields[b"outcome"] == b"\x00out"
+    assert b"token" not in fields
+    assert b"lease_until" not in fields
+    assert 0 < raw.pttl(redis_key) <= 5000
+    assert raw.pexpiretime(redis_key) == int(fields[b"expires_at"])
+    assert store.purge_expired() == 0
+
+
+def test_expired_record_not_yet_reaped_is_absent(store: RedisStore, raw: redis.Redis) -> None:
+    """expires_at <= now means absent even while the key still exists; a new claim starts
+    clean (no outcome or recovery point from the old record)."""
+    key = _key()
+    redis_key = store.redis_key("s", key)
+    past = int(time.time() * 1000) - 60_000
+    raw.hset(
+        redis_key,
+        mapping={
+            "v": "1",
+            "fingerprint": "old",
+            "state": "completed",
+            "created_at": past - 1000,
+            "expires_at": past,
+            "outcome": b"old",
+            "recovery_point": b"old",
+        },
+    )
+    raw.expire(redis_key, 60)
+    assert store.get("s", key) is None
+    assert store.release("s", key, "t") is False
+    with pytest.raises(LeaseLostError, match="gone"):
+        store.complete("s", key, "t", b"x", ttl=TTL)
+    claimed = store.claim("s", key, "new", "t", lease=LEASE, ttl=TTL)
+    assert claimed.status is ClaimStatus.ACQUIRED
+    assert not claimed.takeover
+    assert claimed.record.recovery_point is None
+    assert claimed.record.created_at > past / 1000
+    fields = raw.hgetall(redis_key)
+    assert b"outcome" not in fields
+    assert b"recovery_point" not in fields
+
+
+def test_lease_lost_reasons(store: RedisStore) -> None:
+    key = _key()
+    first = store.claim("s", key, "fp", "t1", lease=LEASE, ttl=TTL)
+    with pytest.raises(LeaseLostError, match="taken over"):
+        store.extend("s", key, "other", lease=LEASE)
+    store.complete("s", key, first.token, b"x", ttl=TTL)
+    with pytest.raises(LeaseLostError, match="already completed"):
+        store.set_recovery_point("s", key, first.token, b"p", lease=LEASE)
+    record = store.get("s", key)
+    assert record is not None
+    assert record.state is State.COMPLETED
+
+
+def test_foreign_data_is_a_store_error(store: RedisStore, raw: redis.Redis) -> None:
+    newer, wrong_type = _key(), _key()
+    raw.hset(store.redis_key("s", newer), mapping={"v": "2", "expires_at": 1})
+    raw.set(store.redis_key("s", wrong_type), "not a hash")
+    with pytest.raises(StoreError, match="schema v2"):
+        store.claim("s", newer, "fp", "t", lease=LEASE, ttl=TTL)
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        store.get("s", wrong_type)
+
+
+def test_lost_script_cache_is_reloaded(store: RedisStore) -> None:
+    """A server that forgot a script (restart, failover) gets it again, also on the
+    WAIT path. A bogus sha stands in for SCRIPT FLUSH, which would touch the shared server."""
+    key = _key()
+    store._claim.sha = "0" * 40
+    claimed = store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    assert claimed.status is ClaimStatus.ACQUIRED
+    waiting = RedisStore(store.client, prefix=store.prefix, wait_replicas=1, wait_timeout=0.01)
+    waiting._complete.sha = "0" * 40
+    with pytest.raises(StoreError, match="stored on the Redis primary"):
+        waiting.complete("s", key, "t", b"x", ttl=TTL)
+    assert waiting._complete.sha != "0" * 40
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+OPERATIONS: dict[str, Callable[[Any], Any]] = {
+    "claim": lambda s: s.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL),
+    "complete": lambda s: s.complete("s", "k", "t", b"x", ttl=TTL),
+    "extend": lambda s: s.extend("s", "k", "t", lease=LEASE),
+    "set_recovery_point": lambda s: s.set_recovery_point("s", "k", "t", b"p", lease=LEASE),
+    "release": lambda s: s.release("s", "k", "t"),
+    "get": lambda s: s.get("s", "k"),
+    "delete": lambda s: s.delete("s", "k"),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_store_down_is_unavailable(operation: str) -> None:
+    store = RedisStore.from_url(DOWN_URL, **_no_retry())
+    try:
+        with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+            OPERATIONS[operation](store)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+async def test_async_store_down_is_unavailable(operation: str) -> None:
+    store = AsyncRedisStore.from_url(DOWN_URL, **_async_no_retry())
+    try:
+        with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+            await OPERATIONS[operation](store)
+    finally:
+        await store.close()
+
+
+def test_store_down_through_open_store() -> None:
+    store = open_store(DOWN_URL, prefix="p:", **_no_retry())
+    try:
+        assert isinstance(store, RedisStore)
+        with pytest.raises(StoreUnavailableError):
+            store.get("s", "k")
+    finally:
+        store.close()
+
+
+def test_store_down_with_default_retries_is_unavailable() -> None:
+    """redis-py retries connection errors by default; the store still ends in
+    StoreUnavailableError, after the client's own backoff."""
+    store = RedisStore.from_url(DOWN_URL, socket_connect_timeout=0.2)
+    try:
+        with pytest.raises(StoreUnavailableError):
+            store.get("s", "k")
+    finally:
+        store.close()
+
+
+# -- WAIT ----------------------------------------------------------------------------------------
+
+
+def _replicas(raw: redis.Redis) -> int:
+    return int(raw.info("replication")["connected_slaves"])
+
+
+def test_wait_without_enough_replicas_raises_but_keeps_the_record(
+    raw: redis.Redis, prefix: str
+) -> None:
+    if _replicas(raw) >= 1:
+        pytest.skip("this test needs a Redis primary without replicas")
+    name = f"idempo-test-{uuid.uuid4().hex}"
+    store = RedisStore.from_url(
+        REDIS_URL, prefix=prefix, wait_replicas=1, wait_timeout=0.05, client_name=name
+    )
+    try:
+        key = _key()
+        claimed = store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+        started = time.monotonic()
+        with (
+            _sent_by(raw, name) as sent,
+            pytest.raises(StoreError, match=r"stored on the Redis primary.*0 of 1 replicas"),
+        ):
+            store.complete("s", key, claimed.token, b"kept", ttl=TTL)
+        assert time.monotonic() - started < 2.0
+        # WAIT counts the writes of its own connection: it must follow EVALSHA on the same one
+        assert _names(sent) == ["EVALSHA", "WAIT"]
+        assert len({command.partition("@")[2] for command in sent}) == 1
+        # the outcome is stored all the same: a retry replays it
+        again = store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+        assert again.status is ClaimStatus.COMPLETED
+        assert again.record.outcome == b"kept"
+        # a fencing refusal is still a LeaseLostError, not a replication complaint
+        with pytest.raises(LeaseLostError):
+            store.complete("s", key, claimed.token, b"again", ttl=TTL)
+    finally:
+        store.close()
+
+
+async def test_async_wait_without_enough_replicas_raises(raw: redis.Redis, prefix: str) -> None:
+    if _replicas(raw) >= 1:
+        pytest.skip("this test needs a Redis primary without replicas")
+    store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, wait_replicas=1, wait_timeout=0.05)
+    try:
+        key = _key()
+        claimed = await store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+        with pytest.raises(StoreError, match="stored on the Redis primary"):
+            await store.complete("s", key, claimed.token, b"kept", ttl=TTL)
+        record = await store.get("s", key)
+        assert record is not None
+        assert record.outcome == b"kept"
+    finally:
+        await store.close()
+
+
+def test_wait_with_enough_replicas_passes(raw: redis.Redis, prefix: str) -> None:
+    """wait_replicas=0 sends no WAIT; asking for the replicas present succeeds."""
+    replicas = _replicas(raw)
+    store = RedisStore.from_url(REDIS_URL, prefix=prefix, wait_replicas=replicas)
+    try:
+        key = _key()
+        claimed = store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL)
+        store.complete("s", key, claimed.token, b"ok", ttl=TTL)
+        assert (record := store.get("s", key)) is not None
+        assert record.outcome == b"ok"
+    finally:
+        store.close()
+
+
+# -- construction and ownership -------------------------------------------------------------------
+
+
+def test_invalid_options_are_refused(raw: redis.Redis) -> None:
+    with (
+        redis.Redis.from_url(REDIS_URL, decode_responses=True) as decoding,
+        pytest.raises(ValueError, match="decode_responses=False"),
+    ):
+        RedisStore(decoding)
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStore.from_url(REDIS_URL, decode_responses=True)
+    with pytest.raises(ValueError, match="wait_timeout"):
+        RedisStore(raw, wait_replicas=1, wait_timeout=0)
+    with pytest.raises(ValueError, match="wait_replicas"):
+        RedisStore(raw, wait_replicas=-1)
+
+
+def test_close_leaves_a_passed_client_open(raw: redis.Redis, prefix: str) -> None:
+    store = RedisStore(raw, prefix=prefix)
+    store.migrate()
+    assert store.get("s", _key()) is None
+    store.close()
+    assert raw.ping()
+
+
+async def test_async_close_leaves_a_passed_client_open(prefix: str) -> None:
+    async with redis.asyncio.Redis.from_url(REDIS_URL) as client:
+        store = AsyncRedisStore(client, prefix=prefix)
+        await store.migrate()
+        assert await store.purge_expired() == 0
+        assert await store.get("s", _key()) is None
+        await store.close()
+        assert await client.ping()
+
+
+def test_missing_redis_package_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "try:\n"
+        "    import idempo.stores.redis\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install 'idempo[redis]'" in out
