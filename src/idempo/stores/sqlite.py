@@ -1,0 +1,513 @@
+"""The embedded SQLite store: one database file (or a private in-memory database), no server.
+
+Safe across the threads and processes of one host. Every operation is one ``BEGIN IMMEDIATE``
+transaction: the write lock is taken before the record is read, so two claimers can never both
+see it absent. The file runs in WAL mode (readers never wait for the writer) and waiting for the
+lock is bounded by ``busy_timeout``; past it the operation raises
+:class:`~idempo.errors.StoreUnavailableError` and has written nothing. Not for network file
+systems: their locks are unreliable and WAL needs memory shared between the processes.
+
+Durability: with WAL, ``synchronous="NORMAL"`` (the default) survives the crash of any process,
+but a power loss or OS crash may lose the last committed transactions (the file stays intact).
+A record lost that way lets one retry execute again; ``synchronous="FULL"`` syncs every commit
+to disk instead, at the cost of an fsync per operation.
+
+Time is SQLite's clock (``julianday('now')``), read once per transaction, never Python's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from idempo.core import transitions
+from idempo.core.records import ClaimResult, Record, State
+from idempo.errors import IdempoError, StoreError, StoreUnavailableError
+from idempo.stores._threaded import SyncStoreAsAsync
+
+__all__ = ["FORMAT_VERSION", "AsyncSQLiteStore", "SQLiteStore", "open_async", "open_sync"]
+
+FORMAT_VERSION = 1  # the table layout and record encoding this code reads and writes
+
+# Schema versions live in a table of their own, not in PRAGMA user_version: the database may be
+# the application's, whose own migrations may use user_version.
+_META = "idempo_schema"
+# Epoch seconds from SQLite's clock (millisecond resolution). 'now' is fixed within a statement.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+# Primary result codes that mean "the data cannot be reached", not "the data is wrong".
+_UNAVAILABLE = {
+    sqlite3.SQLITE_PERM,
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+}
+_COLUMNS = (
+    "fingerprint, state, token, lease_until, outcome, recovery_point, created_at, expires_at,"
+    " format_version"
+)
+
+
+class _Held:
+    """One thread's connection. The thread's locals drop it when the thread ends, and a
+    finalizer then closes the connection, so short-lived threads do not pile connections up."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+
+def _forget(
+    conns: dict[sqlite3.Connection, int], lock: threading.Lock, conn: sqlite3.Connection, pid: int
+) -> None:
+    # Module-level, holding no reference to the store (nor the holder): a finalizer must not
+    # keep alive what it waits for.
+    with lock:
+        conns.pop(conn, None)
+    _close(conn, pid)
+
+
+def _close(conn: sqlite3.Connection, pid: int) -> None:
+    # A connection inherited through fork() is abandoned, never closed: closing it in the child
+    # could checkpoint or delete the WAL under the parent, which still uses it.
+    if pid == os.getpid():
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+class SQLiteStore:
+    """A :class:`~idempo.stores.base.Store` in a SQLite database.
+
+    ``path`` is a file (created if missing; its directory must exist) or ``":memory:"`` for a
+    private in-memory database shared by this store's threads and gone when it is closed.
+    ``table`` names the records table. ``busy_timeout`` (seconds) bounds the wait for another
+    connection's write lock. ``synchronous`` is ``"NORMAL"``, ``"FULL"`` or ``"EXTRA"`` (see the
+    module docstring). ``auto_migrate`` creates the schema on first use; without it call
+    :meth:`migrate` once (a deployment step).
+
+    Each thread uses a connection of its own, opened on its first operation. :meth:`close`
+    closes all of them; call it once no operation is running.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        table: str = "idempo_records",
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        auto_migrate: bool = True,
+    ) -> None:
+        if not _IDENTIFIER.fullmatch(table) or table.lower().startswith(("sqlite_", _META)):
+            raise ValueError(f"table must be a plain identifier (letters, digits, _): {table!r}")
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0 seconds")
+        self.path = os.fspath(path)
+        self.table = table
+        self._memory = self.path == ":memory:"
+        self._busy_timeout = float(busy_timeout)
+        self._synchronous = synchronous.upper()
+        self._auto_migrate = auto_migrate
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _conns and _closed
+        self._migrate_lock = threading.Lock()
+        self._conns: dict[sqlite3.Connection, int] = {}  # every open connection -> its pid
+        self._closed = False
+        self._ready = False  # schema migrated (or checked) once
+        self._keeper: sqlite3.Connection | None = None
+        self._turns: threading.Lock | None = None
+        if self._memory:
+            # A named shared-cache database is visible to every connection of this process that
+            # names it, and lives while one is open: the keeper holds it until close().
+            self._target = f"file:idempo-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            self._keeper = sqlite3.connect(self._target, uri=True, check_same_thread=False)
+            # Shared-cache connections get SQLITE_LOCKED at once instead of waiting in the busy
+            # handler, so operations on it take turns on a lock (one process: a lock suffices).
+            self._turns = threading.Lock()
+        else:
+            self._target = self.path
+
+        t = f'"{table}"'
+        self._sql_load = (
+            f"SELECT clock.now, {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}"
+            f" FROM (SELECT {_NOW} AS now) AS clock LEFT JOIN {t} AS r"
+            ' ON r.scope = ? AND r."key" = ?'
+        )
+        self._sql_save = (
+            f'INSERT OR REPLACE INTO {t} (scope, "key", {_COLUMNS})'
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._sql_release = f'DELETE FROM {t} WHERE scope = ? AND "key" = ?'
+        self._sql_delete = f'DELETE FROM {t} WHERE scope = ? AND "key" = ? AND expires_at > {_NOW}'
+        self._sql_purge = (
+            f"DELETE FROM {t} WHERE rowid IN"
+            f" (SELECT rowid FROM {t} WHERE expires_at <= {_NOW} LIMIT ?)"
+        )
+        self._ddl = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            ' scope TEXT NOT NULL, "key" TEXT NOT NULL, fingerprint TEXT NOT NULL,'
+            " state TEXT NOT NULL, token TEXT, lease_until REAL, outcome BLOB,"
+            " recovery_point BLOB, created_at REAL NOT NULL, expires_at REAL NOT NULL,"
+            ' format_version INTEGER NOT NULL, PRIMARY KEY (scope, "key"))',
+            f'CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {t} (expires_at)',
+        )
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    def claim(
+        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
+    ) -> ClaimResult:
+        with self._transaction() as conn:
+            now, current = self._load(conn, scope, key)
+            result, write = transitions.claim(
+                current,
+                scope=scope,
+                key=key,
+                fingerprint=fingerprint,
+                token=token,
+                now=now,
+                lease=lease,
+                ttl=ttl,
+            )
+            if write is not None:
+                self._save(conn, write)
+            return result
+
+    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None:
+        with self._transaction() as conn:
+            now, current = self._load(conn, scope, key)
+            self._save(
+                conn, transitions.complete(current, token=token, outcome=outcome, now=now, ttl=ttl)
+            )
+
+    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
+        return self._extend(scope, key, token, lease, None)
+
+    def set_recovery_point(
+        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
+    ) -> float:
+        return self._extend(scope, key, token, lease, recovery_point)
+
+    def release(self, scope: str, key: str, token: str) -> bool:
+        with self._transaction() as conn:
+            now, current = self._load(conn, scope, key)
+            current = transitions.live(current, now)
+            if current is None or current.token != token:
+                return False
+            conn.execute(self._sql_release, (scope, key))
+            return True
+
+    def get(self, scope: str, key: str) -> Record | None:
+        # One SELECT is a consistent snapshot on its own: no write lock needed.
+        with self._session() as conn:
+            now, current = self._load(conn, scope, key)
+            return transitions.public(current, now)
+
+    def delete(self, scope: str, key: str) -> bool:
+        # An expired record counts as absent: it is left for purge_expired and reported False.
+        with self._session() as conn:
+            return conn.execute(self._sql_delete, (scope, key)).rowcount > 0
+
+    def purge_expired(self, limit: int = 1000) -> int:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")  # SQLite reads a negative LIMIT as "no limit"
+        with self._session() as conn:
+            return conn.execute(self._sql_purge, (limit,)).rowcount
+
+    def migrate(self) -> None:
+        """Create the table and its index if missing (idempotent, safe to run concurrently);
+        refuse a database written by a newer idempo."""
+        with self._session(prepare=False) as conn, self._migrate_lock:
+            self._prepare(conn, force=True)
+
+    def close(self) -> None:
+        """Close every thread's connection (an in-memory database is gone afterwards)."""
+        with self._lock:
+            self._closed = True
+            conns = list(self._conns.items())
+            self._conns.clear()
+            keeper, self._keeper = self._keeper, None
+        for conn, pid in conns:
+            _close(conn, pid)
+        if keeper is not None:  # last: the in-memory database lives while a connection does
+            keeper.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, table={self.table!r})"
+
+    # -- transactions and connections -----------------------------------------------------------
+
+    def _extend(
+        self, scope: str, key: str, token: str, lease: float, recovery_point: bytes | None
+    ) -> float:
+        with self._transaction() as conn:
+            now, current = self._load(conn, scope, key)
+            record = transitions.extend(
+                current, token=token, now=now, lease=lease, recovery_point=recovery_point
+            )
+            self._save(conn, record)
+            assert record.lease_until is not None
+            return record.lease_until
+
+    @contextlib.contextmanager
+    def _session(self, *, prepare: bool = True) -> Iterator[sqlite3.Connection]:
+        """This thread's connection. The one place where sqlite3 errors become idempo's."""
+        try:
+            with self._turn():
+                yield self._connection(prepare=prepare)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._session() as conn, _immediate(conn):
+            yield conn
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self._turns is None:
+            yield
+            return
+        if not self._turns.acquire(timeout=self._busy_timeout):
+            raise StoreUnavailableError(
+                f"the in-memory SQLite store stayed busy longer than"
+                f" busy_timeout={self._busy_timeout:g}s"
+            )
+        try:
+            yield
+        finally:
+            self._turns.release()
+
+    def _connection(self, *, prepare: bool) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():  # a forked child opens its own
+            held = self._local.held = self._open()
+        if prepare and not self._ready:
+            with self._migrate_lock:
+                if not self._ready:
+                    self._prepare(held.conn)
+        return held.conn
+
+    def _prepare(self, conn: sqlite3.Connection, *, force: bool = False) -> None:
+        """Before the store's first operation (or by migrate(), forced): WAL mode, the schema."""
+        if not self._memory:
+            self._enable_wal(conn)
+        # Read first: an up-to-date schema needs no write lock on first use (readers start while
+        # a writer holds it, and processes starting together do not queue for it).
+        version = self._check_version(conn)  # refuses a newer schema
+        if force or (self._auto_migrate and version < FORMAT_VERSION):
+            self._migrate(conn)
+        self._ready = True
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # The mode is stored in the file, so once is enough. Switching needs an exclusive lock
+        # and SQLite reports "locked" at once, without its busy handler, while another
+        # connection (another process opening the same new file) reads: retry until
+        # busy_timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
+    def _open(self) -> _Held:
+        # isolation_level=None: autocommit, so that the module never opens transactions behind
+        # our back and BEGIN IMMEDIATE is ours. check_same_thread=False only so that close() may
+        # close every thread's connection: otherwise each is used by its own thread alone.
+        conn = sqlite3.connect(
+            self._target,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=self._memory,
+        )
+        try:
+            if not self._memory:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # per connection
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailableError(f"{self!r} is closed")
+                self._conns[conn] = os.getpid()
+        except BaseException:
+            conn.close()
+            raise
+        held = _Held(conn)
+        weakref.finalize(held, _forget, self._conns, self._lock, conn, held.pid)
+        return held
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with _immediate(conn):
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {_META}"
+                " (table_name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            self._check_version(conn)
+            for statement in self._ddl:
+                conn.execute(statement)
+            conn.execute(
+                f"INSERT OR REPLACE INTO {_META} (table_name, version) VALUES (?, ?)",
+                (self.table, FORMAT_VERSION),
+            )
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        """The table's schema version (0: none recorded); StoreError if newer than ours."""
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_META,)).fetchone():
+            return 0
+        row = conn.execute(
+            f"SELECT version FROM {_META} WHERE table_name = ?", (self.table,)
+        ).fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"table {self.table!r} in {self._where()} has schema version {version}, newer"
+                f" than this idempo understands ({FORMAT_VERSION}): upgrade idempo"
+            )
+        return version
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def _load(self, conn: sqlite3.Connection, scope: str, key: str) -> tuple[float, Record | None]:
+        """The store's clock and the (scope, key) row, read by one statement."""
+        now, *row = conn.execute(self._sql_load, (scope, key)).fetchone()
+        if row[0] is None:  # fingerprint is NOT NULL: no row joined
+            return float(now), None
+        fingerprint, state, token, lease_until, outcome, recovery_point, created, expires, fmt = row
+        if fmt > FORMAT_VERSION:
+            raise StoreError(
+                f"record {scope!r}/{key!r} in {self._where()} has format {fmt}, newer than this"
+                f" idempo understands ({FORMAT_VERSION}): upgrade idempo"
+            )
+        try:
+            state = State(state)
+        except ValueError:
+            raise StoreError(f"corrupt record {scope!r}/{key!r}: state {state!r}") from None
+        record = Record(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            state=state,
+            token=token,
+            lease_until=lease_until,
+            outcome=outcome,
+            created_at=created,
+            expires_at=expires,
+            recovery_point=recovery_point,
+        )
+        return float(now), record
+
+    def _save(self, conn: sqlite3.Connection, r: Record) -> None:
+        conn.execute(
+            self._sql_save,
+            (
+                r.scope,
+                r.key,
+                r.fingerprint,
+                r.state.value,
+                r.token,
+                r.lease_until,
+                r.outcome,
+                r.recovery_point,
+                r.created_at,
+                r.expires_at,
+                FORMAT_VERSION,
+            ),
+        )
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return "a private in-memory database" if self._memory else f"SQLite file {self.path!r}"
+
+    def _translate(self, exc: sqlite3.Error) -> IdempoError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        message = str(exc)
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
+            return StoreUnavailableError(
+                f"{self._where()} stayed locked longer than busy_timeout={self._busy_timeout:g}s"
+                f" (another connection holds a long write transaction): {message}"
+            )
+        if primary in _UNAVAILABLE or "unable to open" in message:
+            return StoreUnavailableError(f"cannot use {self._where()}: {message}")
+        if "no such table" in message:
+            return StoreError(
+                f"{self._where()} has no idempo table {self.table!r}: call migrate() or open the"
+                f" store with auto_migrate=True ({message})"
+            )
+        return StoreError(f"{self._where()}: {message}")
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, its lock taken up front (waiting up to busy_timeout for it)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # Also after a failed COMMIT (busy in rollback-journal mode): nothing stays half-written.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+class AsyncSQLiteStore(SyncStoreAsAsync):
+    """The SQLite store, awaited: each operation runs in a worker thread, as it may wait for the
+    database lock, and uses that thread's connection."""
+
+    sync_store: SQLiteStore
+
+    def __init__(
+        self, store: SQLiteStore | str | os.PathLike[str] = ":memory:", **options: Any
+    ) -> None:
+        if not isinstance(store, SQLiteStore):
+            store = SQLiteStore(store, **options)
+        elif options:
+            raise TypeError("options apply only when AsyncSQLiteStore opens a path itself")
+        super().__init__(store, offload=True)
+
+
+def _path(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ValueError(f"not a sqlite:// URL: {url!r}")
+    if rest in (":memory:", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative/path.db,"
+            " sqlite:////absolute/path.db or sqlite://:memory:"
+        )
+    return rest[1:]
+
+
+def open_sync(url: str, **options: Any) -> SQLiteStore:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``."""
+    return SQLiteStore(_path(url), **options)
+
+
+def open_async(url: str, **options: Any) -> AsyncSQLiteStore:
+    return AsyncSQLiteStore(SQLiteStore(_path(url), **options))
