@@ -78,7 +78,7 @@ class AsyncEngine:
             value = await call()
         except BaseException:
             # A failure is not kept: free the key so that a retry runs the operation again.
-            await self._release_quietly(scope, key, token)
+            await self.release_quietly(scope, key, token)
             raise
         encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
         try:
@@ -106,7 +106,7 @@ class AsyncEngine:
             )
         return value
 
-    async def _release_quietly(self, scope: str, key: str, token: str) -> None:
+    async def release_quietly(self, scope: str, key: str, token: str) -> None:
         try:
             await self.store.release(scope, key, token)
         except Exception:

@@ -79,7 +79,7 @@ class Engine:
             value = call()
         except BaseException:
             # A failure is not kept: free the key so that a retry runs the operation again.
-            self._release_quietly(scope, key, token)
+            self.release_quietly(scope, key, token)
             raise
         encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
         try:
@@ -107,7 +107,7 @@ class Engine:
             )
         return value
 
-    def _release_quietly(self, scope: str, key: str, token: str) -> None:
+    def release_quietly(self, scope: str, key: str, token: str) -> None:
         try:
             self.store.release(scope, key, token)
         except Exception:

@@ -1,0 +1,246 @@
+"""HTTP semantics of idempotency keys, free of any framework (IETF draft + Stripe).
+
+The ASGI and WSGI adapters translate their requests into these plain values and their answers
+back; every decision about keys, fingerprints, scopes, what to keep and what to replay is here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from idempo.core.fingerprint import fingerprint
+from idempo.core.keys import validate_key
+from idempo.errors import IdempoError, InvalidKeyError
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "HttpConfig",
+    "MissingKeyError",
+    "RequestTooLargeError",
+    "Route",
+    "StoredResponse",
+    "decode_response",
+    "default_scope",
+    "encode_response",
+    "fingerprint_request",
+    "parse_key_header",
+    "problem",
+    "replay_headers",
+]
+
+DEFAULT_METHODS = frozenset({"POST", "PATCH"})
+
+# Statuses never kept: auth, throttling and transient answers must not poison a key. 5xx are
+# not kept either unless the configuration says so (as Stripe and the IETF draft do).
+NEVER_KEPT = frozenset({401, 403, 408, 409, 425, 429})
+
+# Headers never replayed from storage: per-connection (hop-by-hop), per-response, or carrying
+# state that belongs to the first client alone (cookies).
+_NOT_STORED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "date",
+        "server",
+        "content-length",
+        "idempotent-replayed",
+    }
+)
+
+
+class MissingKeyError(IdempoError):
+    """The route requires an idempotency key and the request has none."""
+
+    status = 400
+    title = "Idempotency key required"
+
+
+class RequestTooLargeError(IdempoError):
+    """The request body is larger than the middleware will read to fingerprint it."""
+
+    status = 413
+    title = "Request body too large for idempotent handling"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A per-route rule: paths matching ``path`` (a glob, e.g. ``/charges/*``) are guarded or
+    not (``enabled``), with their own ``required`` and ``methods`` (None: the defaults)."""
+
+    path: str
+    enabled: bool = True
+    required: bool | None = None
+    methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    header: str = "Idempotency-Key"
+    methods: frozenset[str] = DEFAULT_METHODS
+    required: bool = False
+    routes: tuple[Route, ...] = ()
+    keep_server_errors: bool = False
+    max_request_bytes: int = 1 << 20
+    max_response_bytes: int = 1 << 20
+    fail_open: bool = False
+    unavailable_retry_after: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def guard(self, method: str, path: str) -> tuple[bool, bool]:
+        """(is this request guarded, is a key required) for ``method`` on ``path``."""
+        for route in self.routes:
+            if fnmatch.fnmatchcase(path, route.path):
+                methods = route.methods if route.methods is not None else self.methods
+                if not route.enabled or method not in methods:
+                    return False, False
+                required = route.required if route.required is not None else self.required
+                return True, required
+        return method in self.methods, self.required and method in self.methods
+
+    def keeps(self, status: int) -> bool:
+        """Whether a response with ``status`` is kept for replay."""
+        if status in NEVER_KEPT:
+            return False
+        return not (status >= 500 and not self.keep_server_errors)
+
+
+def parse_key_header(values: Iterable[str]) -> str | None:
+    """The idempotency key from the header's values, or None if absent.
+
+    The draft defines the field as a Structured Field string (``"abc"``); a bare token (``abc``)
+    is accepted too, leniently. More than one value is malformed.
+    """
+    values = list(values)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidKeyError("more than one Idempotency-Key header")
+    raw = values[0].strip(" \t")
+    if len(raw) >= 2 and raw[0] == '"':
+        return validate_key(_parse_sf_string(raw))
+    return validate_key(raw)
+
+
+def _parse_sf_string(raw: str) -> str:
+    """RFC 8941 section 4.2.5: a quoted string with ``\\"`` and ``\\\\`` escapes, nothing after."""
+    out = []
+    i = 1
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\":
+            if i + 1 >= len(raw) or raw[i + 1] not in '"\\':
+                raise InvalidKeyError("malformed Idempotency-Key: bad escape in quoted string")
+            out.append(raw[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            if raw[i + 1 :].strip(" \t"):
+                raise InvalidKeyError("malformed Idempotency-Key: text after the quoted string")
+            return "".join(out)
+        out.append(c)
+        i += 1
+    raise InvalidKeyError("malformed Idempotency-Key: unterminated quoted string")
+
+
+def default_scope(headers: Mapping[str, str]) -> str:
+    """The namespace of a request: a hash of its credentials, never the credentials themselves.
+
+    ``Authorization`` (and ``X-API-Key``) identify the principal; requests without them share
+    the anonymous scope. Pass ``scope=`` for cookie sessions or to name tenants yourself.
+    """
+    credentials = [headers.get("authorization", ""), headers.get("x-api-key", "")]
+    if not any(credentials):
+        return "anonymous"
+    digest = hashlib.sha256("\x00".join(credentials).encode()).hexdigest()
+    return f"principal:{digest[:40]}"
+
+
+def fingerprint_request(
+    method: str, path: str, query: str, body: bytes, content_type: str | None
+) -> str:
+    """Method, path, query (order-insensitive) and body; a JSON body is canonicalized, so the
+    same document serialized differently gets the same fingerprint."""
+    query_items = sorted(parse_qsl(query, keep_blank_values=True))
+    canonical_body: Any
+    media = (content_type or "").split(";")[0].strip().lower()
+    if body and (media == "application/json" or media.endswith("+json")):
+        try:
+            canonical_body = {"json": json.loads(body)}
+        except ValueError:
+            canonical_body = {"sha256": hashlib.sha256(body).hexdigest()}
+    else:
+        canonical_body = {"sha256": hashlib.sha256(body).hexdigest()}
+    return fingerprint(
+        {
+            "method": method.upper(),
+            "path": path,
+            "query": urlencode(query_items),
+            "body": canonical_body,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def encode_response(status: int, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A response as kept in the store: a JSON head line, then the body bytes."""
+    kept = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED_HEADERS]
+    head = json.dumps({"status": status, "headers": kept}, separators=(",", ":"))
+    return head.encode() + b"\n" + body
+
+
+def decode_response(data: bytes) -> StoredResponse:
+    head, _, body = data.partition(b"\n")
+    meta = json.loads(head)
+    return StoredResponse(meta["status"], [(k, v) for k, v in meta["headers"]], body)
+
+
+def replay_headers(stored: StoredResponse) -> list[tuple[str, str]]:
+    return [
+        *stored.headers,
+        ("content-length", str(len(stored.body))),
+        ("idempotent-replayed", "true"),
+    ]
+
+
+def problem(
+    error: IdempoError, *, instance: str | None = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """An RFC 9457 problem+json response for ``error``: status, headers, body."""
+    status = error.status
+    doc: dict[str, Any] = {
+        "type": "about:blank",
+        "title": error.title,
+        "status": status,
+        "detail": str(error),
+    }
+    if instance:
+        doc["instance"] = instance
+    headers = [("content-type", "application/problem+json")]
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        headers.append(("retry-after", str(max(1, int(-(-retry_after // 1))))))
+    body = json.dumps(doc).encode()
+    headers.append(("content-length", str(len(body))))
+    return status, headers, body
+
+
+ScopeFn = Callable[[Mapping[str, str]], str]
