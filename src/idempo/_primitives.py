@@ -45,6 +45,6 @@ def sync_gather(fns: list[Callable[[], T]]) -> list[T | BaseException]:
         for future in futures:
             try:
                 out.append(future.result())
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller, in order
+            except BaseException as exc:
                 out.append(exc)
         return out

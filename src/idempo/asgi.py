@@ -100,12 +100,16 @@ class IdempotencyMiddleware:
         self.policy = Policy(ttl=ttl, lease=lease, wait=wait)
         self._header = header.lower().encode("latin-1")
         self._scope_fn = scope or default_scope
+        self._owns_store = isinstance(store, str)
         self.store = (
             open_async_store(store, **(store_options or {})) if isinstance(store, str) else store
         )
         self.engine = AsyncEngine(self.store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self._owns_store:
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -161,6 +165,16 @@ class IdempotencyMiddleware:
         await self._execute(
             scope, _replay_body(body, more, receive), send, principal, key, decision.token
         )
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        """Close the store we opened when the server shuts the app down."""
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.store.close()
+            await send(message)
+
+        return wrapped
 
     async def _replay(self, send: Send, data: bytes, principal: str, key: str, path: str) -> None:
         value = outcomes.decode(_RAW, data)

@@ -25,8 +25,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
@@ -282,13 +284,26 @@ class AsyncRedisStore:
     ) -> AsyncRedisStore:
         """A store over a new client for ``url`` (``redis://``, ``rediss://``), closed by close().
 
-        ``client_options`` go to ``Redis.from_url`` (``socket_timeout=``, ``max_connections=``...).
+        ``client_options`` go to the connection pool (``socket_timeout=``, ``max_connections=``
+        (default 50), ``pool_timeout=`` (seconds to wait for a free connection, default 5)).
         """
         if client_options.pop("decode_responses", False):
             raise ValueError(
                 "the Redis client must use decode_responses=False (outcomes are bytes)"
             )
-        client = Redis.from_url(url, decode_responses=False, **client_options)
+        # A blocking pool: under a burst, callers wait for a connection (up to pool_timeout)
+        # instead of failing with "Too many connections".
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=client_options.pop("max_connections", 50),
+            timeout=client_options.pop("pool_timeout", 5.0),
+            decode_responses=False,
+            # No silent client-side retries: a script resent after a timeout may already have
+            # run (a claim would then find its own lease "in progress"). The caller sees
+            # StoreUnavailableError and retries the whole operation with the same key.
+            **{"retry": Retry(NoBackoff(), 0), **client_options},
+        )
+        client = Redis.from_pool(pool)  # the client owns the pool: close() disconnects it
         store = cls(client, prefix=prefix, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
         store._owns_client = True
         return store
