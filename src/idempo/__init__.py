@@ -1,5 +1,7 @@
 """idempo: make operations safe to retry.
 
+Example::
+
     from idempo import Idempotency
     idem = Idempotency(store="sqlite:///idempo.db", ttl=86400, lease=30)
 
