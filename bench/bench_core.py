@@ -69,9 +69,10 @@ class RedisCounter:
         self.client = redis.Redis.from_url(REDIS_URL)
 
     def read(self) -> int:
+        # commandstats also counts the commands a script runs inside the server (TIME, HMGET,
+        # HSET...); what crosses the network is the EVALSHA (or EVAL) itself.
         stats = self.client.info("commandstats")
-        # INFO itself is counted once per read; leave it out.
-        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+        return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 class PostgresCounter:
@@ -109,72 +110,81 @@ def private_postgres_db() -> Iterator[tuple[str, str]]:
 # -- round trips ----------------------------------------------------------------------------------
 
 
-def round_trips(store: Store, server: Callable[[], int] | None, n: int) -> dict[str, Any]:
-    counting = CountingStore(store)
-    idem = Idempotency(counting, ttl=600, lease=600)  # type: ignore[arg-type]
+def round_trips(
+    make_store: Callable[[], Store], server: Callable[[], int] | None, n: int
+) -> dict[str, Any]:
+    """Each phase runs on a fresh store that is closed before the server count is read (a
+    PostgreSQL backend flushes its statistics when it exits)."""
     holding = threading.Event()
     release = threading.Event()
-
-    @idem.idempotent(key=lambda k, v: k, name="bench")
-    def op(k: str, v: int) -> dict[str, int]:
-        if v == -1:  # the in-flight holder: park until told
-            holding.set()
-            release.wait(60)
-        return {"v": v}
-
     run = uuid.uuid4().hex[:8]
     keys = [f"{run}-{i}" for i in range(n)]
-    op(f"{run}-warm", 0)
 
-    def measure(fn: Callable[[], None]) -> tuple[float, float | None]:
+    def measure(phase: Callable[[Callable[..., Any]], None]) -> tuple[float, float | None]:
+        counting = CountingStore(make_store())
+        idem = Idempotency(counting, ttl=600, lease=600)  # type: ignore[arg-type]
+
+        @idem.idempotent(key=lambda k, v: k, name="bench")
+        def op(k: str, v: int) -> dict[str, int]:
+            if v == -1:  # the in-flight holder: park until told
+                holding.set()
+                release.wait(60)
+            return {"v": v}
+
+        op(f"{run}-warm", 0)  # connect and prepare outside the count
         before_c = counting.calls
         before_s = server() if server else None
-        fn()
+        phase(op)
         after_c = counting.calls
+        counting.inner.close()
         after_s = server() if server else None
         client = (after_c - before_c) / n
         srv = None if before_s is None or after_s is None else (after_s - before_s) / n
         return client, srv
 
-    out: dict[str, Any] = {}
-    out["new key"] = measure(lambda: [op(k, 1) for k in keys] and None)
-    out["replay"] = measure(lambda: [op(k, 1) for k in keys] and None)
+    def new(op: Callable[..., Any]) -> None:
+        for k in keys:
+            op(k, 1)
 
-    def mismatches() -> None:
+    def mismatches(op: Callable[..., Any]) -> None:
         for k in keys:
             with contextlib.suppress(KeyReuseError):
                 op(k, 2)
 
-    out["key reuse"] = measure(mismatches)
-
-    held = f"{run}-held"
-    holder = threading.Thread(target=op, args=(held, -1))
-    holder.start()
-    holding.wait(10)
-
-    def duplicates() -> None:
+    def duplicates(op: Callable[..., Any]) -> None:
+        # One holder parks inside the operation (its claim and complete add 2 to the count:
+        # negligible over n calls); every other call is a rejected duplicate.
+        holder = threading.Thread(target=op, args=(f"{run}-held", -1))
+        holder.start()
+        holding.wait(10)
         for _ in keys:
             with contextlib.suppress(InProgressError):
-                op(held, -1)
+                op(f"{run}-held", -1)
+        release.set()
+        holder.join(10)
 
-    out["in flight"] = measure(duplicates)
-    release.set()
-    holder.join(10)
-    return out
+    return {
+        "new key": measure(new),
+        "replay": measure(new),  # the same keys again: every call replays
+        "key reuse": measure(mismatches),
+        "in flight": measure(duplicates),
+    }
 
 
 # -- timing ---------------------------------------------------------------------------------------
 
 
-def per_call(fn: Callable[[int], None], n: int, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` runs of ``n`` calls."""
-    samples = []
+def per_call(fns: dict[str, Callable[[int], None]], n: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each fn over ``repeats`` rounds of ``n`` calls; every round
+    runs all of them one after another, so that machine noise falls on all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        samples.append((time.perf_counter() - t0) / n)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def timings(stores: dict[str, Store], n: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -198,12 +208,11 @@ def timings(stores: dict[str, Store], n: int, repeats: int) -> dict[str, dict[st
     def bare(i: int) -> None:
         _ = {"v": i}
 
-    results: dict[str, dict[str, float]] = {
-        "bare function": {"new key": per_call(bare, n, repeats), "replay": 0.0},
-        "floor: Redis SET NX + SET": {
-            "new key": per_call(floor_new, n, repeats),
-            "replay": per_call(floor_replay, n, repeats),
-        },
+    fns: dict[tuple[str, str], Callable[[int], None]] = {
+        ("bare function", "new key"): bare,
+        ("bare function", "replay"): bare,
+        ("floor: Redis SET NX + SET", "new key"): floor_new,
+        ("floor: Redis SET NX + SET", "replay"): floor_replay,
     }
     for name, store in stores.items():
         idem = Idempotency(store, ttl=600, lease=30)
@@ -222,10 +231,12 @@ def timings(stores: dict[str, Store], n: int, repeats: int) -> dict[str, dict[st
         def replay(i: int, charge: Any = charge) -> None:
             charge(f"{run}-replayed", 1)
 
-        results[f"idempo + {name}"] = {
-            "new key": per_call(new, n, repeats),
-            "replay": per_call(replay, n, repeats),
-        }
+        fns[f"idempo + {name}", "new key"] = new
+        fns[f"idempo + {name}", "replay"] = replay
+    timed = per_call(fns, n, repeats)  # type: ignore[arg-type]
+    results: dict[str, dict[str, float]] = {}
+    for (row, col), seconds in timed.items():  # type: ignore[misc]
+        results.setdefault(row, {})[col] = seconds
     leftovers = list(client.scan_iter(match=f"idempo-bench-floor:{run}:*", count=1000))
     if leftovers:
         client.delete(*leftovers)
@@ -242,12 +253,15 @@ def main(argv: list[str]) -> int:
 
     prefix = f"idempo-bench-{uuid.uuid4().hex[:8]}:"
     with tempfile.TemporaryDirectory() as tmp, private_postgres_db() as (pg_url, pg_db):
-        stores: dict[str, Store] = {
-            "memory": open_store("memory://"),
-            "sqlite": open_store(f"sqlite:///{Path(tmp) / 'bench.db'}"),
-            "redis": open_store(REDIS_URL, prefix=prefix),
-            "postgres": open_store(pg_url),
+        sqlite_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        memory = open_store("memory://")
+        factories: dict[str, Callable[[], Store]] = {
+            "memory": lambda: memory,
+            "sqlite": lambda: open_store(sqlite_url),
+            "redis": lambda: open_store(REDIS_URL, prefix=prefix),
+            "postgres": lambda: open_store(pg_url, auto_migrate=False),
         }
+        stores = {name: make() for name, make in factories.items()}
         stores["postgres"].migrate()
         stores["sqlite"].migrate()
         servers: dict[str, Callable[[], int] | None] = {
@@ -258,8 +272,8 @@ def main(argv: list[str]) -> int:
         }
         print(f"Round trips per call ({args.rt_calls} calls each; client ops / server count)")
         print(f"{'store':10}{'new key':>16}{'replay':>16}{'in flight':>16}{'key reuse':>16}")
-        for name, store in stores.items():
-            rt = round_trips(store, servers[name], args.rt_calls)
+        for name, make in factories.items():
+            rt = round_trips(make, servers[name], args.rt_calls)
             cells = []
             for col in ("new key", "replay", "in flight", "key reuse"):
                 client_n, server_n = rt[col]
