@@ -388,3 +388,41 @@ def test_200_concurrent_identical_requests_execute_once(service: tuple[str, Effe
     assert all(
         r.json() == {"charged": 7, "execution": 1} for r in responses if r.status_code == 201
     )
+
+
+async def test_client_gone_before_body_arrives_claims_nothing() -> None:
+    """A request whose client disconnects mid-body is not claimed and not run."""
+    from idempo.stores.memory import AsyncMemoryStore, MemoryStore
+
+    ran = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+
+    backing = MemoryStore()
+    middleware = IdempotencyMiddleware(app, store=AsyncMemoryStore(backing))
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"amou', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/charges",
+        "headers": [(b"idempotency-key", b'"gone"')],
+        "query_string": b"",
+    }
+    await middleware(scope, receive, send)
+    assert ran == []
+    assert sent == []
+    assert len(backing) == 0

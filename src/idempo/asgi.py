@@ -132,6 +132,10 @@ class IdempotencyMiddleware:
         except IdempoError as exc:
             await _send_problem(send, exc, path)
             return
+        if more is not None:
+            # The client went away before its body arrived: claiming a key for a partial
+            # request would tie the key to the wrong fingerprint. Nobody is left to answer.
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         try:
             principal = validate_scope(self._scope_fn(headers))
@@ -152,7 +156,7 @@ class IdempotencyMiddleware:
                 log.warning(
                     "idempo: store unavailable, passing %s %s through (fail_open)", method, path
                 )
-                await self.app(scope, _replay_body(body, more, receive), send)
+                await self.app(scope, _replay_body(body, receive), send)
                 return
             await _send_problem(send, exc, path, retry_after=self.config.unavailable_retry_after)
             return
@@ -163,7 +167,7 @@ class IdempotencyMiddleware:
             await self._replay(send, decision.outcome, principal, key, path)
             return
         await self._execute(
-            scope, _replay_body(body, more, receive), send, principal, key, decision.token
+            scope, _replay_body(body, receive), send, principal, key, decision.token
         )
 
     def _closing_on_shutdown(self, send: Send) -> Send:
@@ -328,7 +332,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | Non
             return b"".join(chunks), None
 
 
-def _replay_body(body: bytes, ended: Message | None, receive: Receive) -> Receive:
+def _replay_body(body: bytes, receive: Receive) -> Receive:
     """A receive() that hands the app the body we read, once, then defers to the real one."""
     sent = False
 
@@ -336,8 +340,6 @@ def _replay_body(body: bytes, ended: Message | None, receive: Receive) -> Receiv
         nonlocal sent
         if not sent:
             sent = True
-            if ended is not None and not body:
-                return ended
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
