@@ -16,20 +16,20 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from idempo._async.engine import AsyncEngine
-from idempo.core import outcome as outcomes
 from idempo.core.decide import Replay
 from idempo.core.http import (
     DEFAULT_METHODS,
     HttpConfig,
     MissingKeyError,
     RequestTooLargeError,
+    ResponseCapture,
     Route,
-    decode_response,
     default_scope,
-    encode_response,
     fingerprint_request,
     parse_key_header,
     problem,
+    read_stored,
+    record_for,
     replay_headers,
 )
 from idempo.core.keys import validate_scope
@@ -181,18 +181,11 @@ class IdempotencyMiddleware:
         return wrapped
 
     async def _replay(self, send: Send, data: bytes, principal: str, key: str, path: str) -> None:
-        value = outcomes.decode(_RAW, data)
-        if isinstance(value, outcomes.NotStored):
-            error = OutcomeNotStoredError(
-                f"the first request with this key completed, but its response was not kept "
-                f"({value.reason}); use a new key to repeat the operation",
-                reason=value.reason,
-                key=key,
-                scope=principal,
-            )
+        try:
+            stored = read_stored(data, key=key, scope=principal)
+        except OutcomeNotStoredError as error:
             await _send_problem(send, error, path)
             return
-        stored = decode_response(value)
         await send(
             {
                 "type": "http.response.start",
@@ -207,12 +200,18 @@ class IdempotencyMiddleware:
     async def _execute(
         self, scope: Scope, receive: Receive, send: Send, principal: str, key: str, token: str
     ) -> None:
-        capture = _Capture(self.config.max_response_bytes)
+        capture = ResponseCapture(self.config.max_response_bytes)
         store, config, ttl = self.store, self.config, self.policy.ttl
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                capture.start(message)
+                capture.start(
+                    message["status"],
+                    [
+                        (k.decode("latin-1"), v.decode("latin-1"))
+                        for k, v in message.get("headers", [])
+                    ],
+                )
                 await send(message)
                 return
             if message["type"] != "http.response.body":
@@ -239,70 +238,22 @@ class IdempotencyMiddleware:
             await self.engine.release_quietly(principal, key, token)
 
 
-class _RawSerializer:
-    """Responses are kept as bytes already encoded by :func:`encode_response`."""
-
-    name = "http-response"
-
-    def dumps(self, value: Any) -> bytes:
-        assert isinstance(value, bytes)
-        return value
-
-    def loads(self, data: bytes) -> Any:
-        return data
-
-
-_RAW = _RawSerializer()
-
-
-class _Capture:
-    """The response as it passes: status, headers, and the body up to a limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.status = 500
-        self.headers: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.finished = False
-
-    def start(self, message: Message) -> None:
-        self.status = int(message["status"])
-        self.headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])
-        ]
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size <= self.limit:
-            self.chunks.append(chunk)
-        else:
-            self.chunks.clear()  # over the limit: keep nothing rather than a truncated body
-
-
 async def _finish(
     store: AsyncStore,
     principal: str,
     key: str,
     token: str,
-    capture: _Capture,
+    capture: ResponseCapture,
     config: HttpConfig,
     ttl: float,
 ) -> None:
     """Keep the response (or a not-stored marker), or release the key if it is not kept."""
     try:
-        if not config.keeps(capture.status):
+        data = record_for(config, capture)
+        if data is None:
             await store.release(principal, key, token)
-            return
-        if capture.size > capture.limit:
-            reason = (
-                f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
-            )
-            data = outcomes.encode_not_stored(reason)
         else:
-            encoded = encode_response(capture.status, capture.headers, b"".join(capture.chunks))
-            data = outcomes.encode_value(_RAW, encoded)
-        await store.complete(principal, key, token, data, ttl=ttl)
+            await store.complete(principal, key, token, data, ttl=ttl)
     except (LeaseLostError, StoreUnavailableError) as exc:
         # The response was produced; the client still gets it. A retry after the lease runs out
         # may run the handler again: log it loudly, there is no one else to tell.

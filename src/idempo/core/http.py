@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from idempo.core import outcome as outcomes
 from idempo.core.fingerprint import fingerprint
 from idempo.core.keys import validate_key
-from idempo.errors import IdempoError, InvalidKeyError
+from idempo.errors import IdempoError, InvalidKeyError, OutcomeNotStoredError
 
 __all__ = [
     "DEFAULT_METHODS",
     "HttpConfig",
     "MissingKeyError",
     "RequestTooLargeError",
+    "ResponseCapture",
     "Route",
     "StoredResponse",
     "decode_response",
@@ -31,6 +33,8 @@ __all__ = [
     "fingerprint_request",
     "parse_key_header",
     "problem",
+    "read_stored",
+    "record_for",
     "replay_headers",
 ]
 
@@ -244,3 +248,68 @@ def problem(
 
 
 ScopeFn = Callable[[Mapping[str, str]], str]
+
+
+class _ResponseBytes:
+    """Responses are kept as the bytes :func:`encode_response` wrote: no second encoding."""
+
+    name = "http-response"
+
+    def dumps(self, value: Any) -> bytes:
+        assert isinstance(value, bytes)
+        return value
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+RESPONSE_SERIALIZER = _ResponseBytes()
+
+
+class ResponseCapture:
+    """A response as it passes through an adapter: status, headers, body up to a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.status = 500
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.finished = False
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = int(status)
+        self.headers = headers
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size <= self.limit:
+            self.chunks.append(chunk)
+        else:
+            self.chunks.clear()  # over the limit: keep nothing rather than a truncated body
+
+
+def record_for(config: HttpConfig, capture: ResponseCapture) -> bytes | None:
+    """What to store for a finished response: its encoding, a not-stored marker if it is too
+    large, or None when it must not be kept (the key is then released)."""
+    if not config.keeps(capture.status):
+        return None
+    if capture.size > capture.limit:
+        reason = f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
+        return outcomes.encode_not_stored(reason)
+    encoded = encode_response(capture.status, capture.headers, b"".join(capture.chunks))
+    return outcomes.encode_value(RESPONSE_SERIALIZER, encoded)
+
+
+def read_stored(data: bytes, *, key: str, scope: str) -> StoredResponse:
+    """The kept response, or OutcomeNotStoredError if the first one was not kept."""
+    value = outcomes.decode(RESPONSE_SERIALIZER, data)
+    if isinstance(value, outcomes.NotStored):
+        raise OutcomeNotStoredError(
+            f"the first request with this key completed, but its response was not kept "
+            f"({value.reason}); use a new key to repeat the operation",
+            reason=value.reason,
+            key=key,
+            scope=scope,
+        )
+    return decode_response(value)
