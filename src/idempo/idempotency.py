@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 from urllib.parse import urlsplit
 
 from idempo._async.engine import AsyncEngine
+from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
+from idempo._sync.transaction import Transaction
 from idempo.core.fingerprint import bind_call, fingerprint
 from idempo.core.keys import validate_key, validate_scope
 from idempo.core.outcome import Serializer
@@ -137,6 +140,43 @@ class Idempotency:
             await self._async_store.close()
             self._async_store = None
         self.close()
+
+    # -- transactional mode ------------------------------------------------------------------
+
+    def transaction(
+        self, conn: Any, *, key: str, scope: str = "", fingerprint: Any = None
+    ) -> Transaction:
+        """Run one idempotent unit of work inside ``conn``'s current transaction.
+
+        ``conn``: a :mod:`sqlite3` connection, a psycopg ``Connection``, or a SQLAlchemy
+        ``Session``/``Connection`` over either, to the same database as this object's store
+        (``sqlite:///...`` or ``postgresql://...``). ``fingerprint``: what identifies the
+        request (any value with a canonical form); reusing ``key`` with another raises
+        KeyReuseError. See :class:`~idempo._sync.transaction.Transaction`.
+        """
+        return Transaction(
+            lambda: _bind_sync(self.store, conn),
+            scope=validate_scope(scope),
+            key=validate_key(key),
+            fingerprint=fingerprint_of(fingerprint),
+            policy=self.policy,
+        )
+
+    def atransaction(
+        self, conn: Any, *, key: str, scope: str = "", fingerprint: Any = None
+    ) -> AsyncTransaction:
+        """:meth:`transaction` for asyncio: ``conn`` is a psycopg ``AsyncConnection`` or a
+        SQLAlchemy ``AsyncSession``/``AsyncConnection`` over one.
+
+            async with idem.atransaction(conn, key=k) as tx: ...
+        """
+        return AsyncTransaction(
+            lambda: _bind_async(self.async_store, conn),
+            scope=validate_scope(scope),
+            key=validate_key(key),
+            fingerprint=fingerprint_of(fingerprint),
+            policy=self.policy,
+        )
 
     # -- the decorator -----------------------------------------------------------------------
 
@@ -290,3 +330,53 @@ class _Operation:
         user_scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
         scope = validate_scope(self._scoped(validate_scope(user_scope)))
         return scope, key, fp
+
+
+def fingerprint_of(value: Any) -> str:
+    """The fingerprint of a transaction's request (None: any request under the key matches)."""
+    return fingerprint(value)
+
+
+def _driver_connection(conn: Any) -> Any:
+    """The DB-API connection under a SQLAlchemy Session or Connection (else ``conn`` itself)."""
+    module = type(conn).__module__
+    if module.startswith("sqlalchemy."):
+        if hasattr(conn, "get_bind") and hasattr(conn, "connection"):  # Session
+            conn = conn.connection()
+        # Connection -> its pooled DB-API connection -> the driver's own connection object.
+        return conn.connection.driver_connection
+    return conn
+
+
+def _bind_sync(store: Store, conn: Any) -> Store:
+    raw = _driver_connection(conn)
+    bind = getattr(store, "bind", None)
+    if bind is None:
+        raise TypeError(
+            f"transactional mode needs a SQL store (sqlite:///, postgresql://), not {store!r}"
+        )
+    if isinstance(raw, sqlite3.Connection) or type(raw).__module__.startswith("psycopg"):
+        bound: Store = bind(raw)
+        return bound
+    raise TypeError(
+        f"transactional mode does not know {type(raw).__module__}.{type(raw).__name__}: "
+        "pass a sqlite3 or psycopg connection, or a SQLAlchemy Session/Connection over one"
+    )
+
+
+async def _bind_async(store: AsyncStore, conn: Any) -> AsyncStore:
+    module = type(conn).__module__
+    if module.startswith("sqlalchemy."):
+        if hasattr(conn, "get_bind") and hasattr(conn, "connection"):  # AsyncSession
+            conn = await conn.connection()
+        raw = (await conn.get_raw_connection()).driver_connection
+    else:
+        raw = conn
+    bind = getattr(store, "bind", None)
+    if bind is None or not type(raw).__module__.startswith("psycopg"):
+        raise TypeError(
+            "async transactional mode needs a postgresql:// store and a psycopg AsyncConnection "
+            f"(or a SQLAlchemy AsyncSession over one), not {type(raw).__name__} on {store!r}"
+        )
+    bound: AsyncStore = bind(raw)
+    return bound

@@ -18,6 +18,7 @@ Time is SQLite's clock (``julianday('now')``), read once per transaction, never 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 import sqlite3
@@ -132,6 +133,7 @@ class SQLiteStore:
         self._ready = False  # schema migrated (or checked) once
         self._keeper: sqlite3.Connection | None = None
         self._turns: threading.Lock | None = None
+        self._bound: sqlite3.Connection | None = None  # the caller's connection (bind())
         if self._memory:
             # A named shared-cache database is visible to every connection of this process that
             # names it, and lives while one is open: the keeper holds it until close().
@@ -251,6 +253,24 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, table={self.table!r})"
 
+    def bind(self, conn: sqlite3.Connection) -> SQLiteStore:
+        """This store's operations on ``conn``, inside the caller's transaction.
+
+        Transactional mode: the record is written with the caller's own writes and commits or
+        rolls back with them; idempo never commits. If ``conn`` has no transaction open, the
+        first operation opens one with ``BEGIN IMMEDIATE`` (the write lock up front, so that a
+        concurrent duplicate waits for this transaction instead of racing it) and the caller
+        commits it. Open your own with ``BEGIN IMMEDIATE`` too: a deferred transaction that
+        has already read may fail with "database is locked" when it first writes.
+        ``conn`` must be a connection to the same database file as this store.
+        """
+        if self._auto_migrate and not self._ready:
+            with self._session():  # migrate through our own connection, outside the caller's
+                pass
+        bound = copy.copy(self)
+        bound._bound = conn
+        return bound
+
     # -- transactions and connections -----------------------------------------------------------
 
     def _extend(
@@ -267,8 +287,12 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _session(self, *, prepare: bool = True) -> Iterator[sqlite3.Connection]:
-        """This thread's connection. The one place where sqlite3 errors become idempo's."""
+        """This thread's connection (or the caller's, when bound). The one place where sqlite3
+        errors become idempo's."""
         try:
+            if self._bound is not None:
+                yield self._bound
+                return
             with self._turn():
                 yield self._connection(prepare=prepare)
         except sqlite3.Error as exc:
@@ -276,6 +300,13 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._bound is not None:
+            # The caller's transaction: open it if needed, never commit or roll it back.
+            with self._session() as conn:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                yield conn
+            return
         with self._session() as conn, _immediate(conn):
             yield conn
 

@@ -36,7 +36,7 @@ from idempo._primitives import async_sleep
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 
-__all__ = ["SCHEMA_VERSION", "AsyncPostgresStore", "migration_sql"]
+__all__ = ["SCHEMA_VERSION", "AsyncBoundPostgresStore", "AsyncPostgresStore", "migration_sql"]
 
 # The version of the DDL below. Bump it whenever a table column, index or function changes:
 # auto-migration compares it with the marker comment on the claim function to skip the DDL (and
@@ -630,6 +630,18 @@ class AsyncPostgresStore:
         if self._owns_pool:
             await self._pool.close()
 
+    def bind(self, conn: AsyncConnection[Any]) -> AsyncBoundPostgresStore:
+        """This store's operations on ``conn``, inside the caller's transaction.
+
+        Transactional mode: every statement runs on ``conn`` and commits or rolls back with the
+        caller's own writes; idempo never commits. A concurrent duplicate's claim waits on the
+        row's unique key until this transaction ends, then sees the completed record (or, after
+        a rollback, claims it afresh). ``conn`` must not be in autocommit mode and must use READ
+        COMMITTED (PostgreSQL's default). The schema is migrated, if needed, through this
+        store's own pool.
+        """
+        return AsyncBoundPostgresStore(self, conn)
+
     # -- one statement each -------------------------------------------------------------------
 
     @staticmethod
@@ -745,3 +757,40 @@ class AsyncPostgresStore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self._schema_name!r}, table={self._table_name!r})"
+
+
+class AsyncBoundPostgresStore(AsyncPostgresStore):
+    """An :class:`AsyncPostgresStore` whose statements run on the caller's connection, in the
+    caller's transaction (see :meth:`AsyncPostgresStore.bind`)."""
+
+    def __init__(self, parent: AsyncPostgresStore, conn: AsyncConnection[Any]) -> None:
+        super().__init__(
+            parent._pool,
+            schema=parent._schema_name,
+            table=parent._table_name,
+            auto_migrate=parent._auto_migrate,
+            owns_pool=False,
+        )
+        self._parent = parent
+        self._conn = conn
+
+    async def _ensure_ready(self) -> None:
+        await self._parent._ensure_ready()  # migrations go through the parent's own pool
+
+    async def _execute(
+        self,
+        operation: str,
+        query: sql.SQL | sql.Composed,
+        params: Sequence[Any] | Mapping[str, Any],
+    ) -> tuple[list[TupleRow], int]:
+        if self._conn.autocommit:
+            raise StoreError(
+                "transactional mode needs a connection in a transaction, not autocommit"
+            )
+        with _store_errors(operation):
+            cursor = await self._conn.execute(query, params)
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
+
+    async def close(self) -> None:
+        """The connection is the caller's: nothing to close."""

@@ -37,7 +37,7 @@ from idempo._primitives import sync_sleep
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "migration_sql"]
+__all__ = ["SCHEMA_VERSION", "BoundPostgresStore", "PostgresStore", "migration_sql"]
 
 # The version of the DDL below. Bump it whenever a table column, index or function changes:
 # auto-migration compares it with the marker comment on the claim function to skip the DDL (and
@@ -631,6 +631,18 @@ class PostgresStore:
         if self._owns_pool:
             self._pool.close()
 
+    def bind(self, conn: Connection[Any]) -> BoundPostgresStore:
+        """This store's operations on ``conn``, inside the caller's transaction.
+
+        Transactional mode: every statement runs on ``conn`` and commits or rolls back with the
+        caller's own writes; idempo never commits. A concurrent duplicate's claim waits on the
+        row's unique key until this transaction ends, then sees the completed record (or, after
+        a rollback, claims it afresh). ``conn`` must not be in autocommit mode and must use READ
+        COMMITTED (PostgreSQL's default). The schema is migrated, if needed, through this
+        store's own pool.
+        """
+        return BoundPostgresStore(self, conn)
+
     # -- one statement each -------------------------------------------------------------------
 
     @staticmethod
@@ -746,3 +758,40 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self._schema_name!r}, table={self._table_name!r})"
+
+
+class BoundPostgresStore(PostgresStore):
+    """An :class:`PostgresStore` whose statements run on the caller's connection, in the
+    caller's transaction (see :meth:`PostgresStore.bind`)."""
+
+    def __init__(self, parent: PostgresStore, conn: Connection[Any]) -> None:
+        super().__init__(
+            parent._pool,
+            schema=parent._schema_name,
+            table=parent._table_name,
+            auto_migrate=parent._auto_migrate,
+            owns_pool=False,
+        )
+        self._parent = parent
+        self._conn = conn
+
+    def _ensure_ready(self) -> None:
+        self._parent._ensure_ready()  # migrations go through the parent's own pool
+
+    def _execute(
+        self,
+        operation: str,
+        query: sql.SQL | sql.Composed,
+        params: Sequence[Any] | Mapping[str, Any],
+    ) -> tuple[list[TupleRow], int]:
+        if self._conn.autocommit:
+            raise StoreError(
+                "transactional mode needs a connection in a transaction, not autocommit"
+            )
+        with _store_errors(operation):
+            cursor = self._conn.execute(query, params)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
+
+    def close(self) -> None:
+        """The connection is the caller's: nothing to close."""

@@ -1,0 +1,315 @@
+"""Transactional mode: the record commits (or rolls back) with the caller's own writes.
+
+Includes the crash tests: a worker process is killed with SIGKILL after its claim, after its
+effect (before the commit) and after the commit (before it could reply); a retry then runs or
+replays, and the effect is in the database exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from idempo import Idempotency
+from idempo.errors import KeyReuseError
+from tests.conftest import POSTGRES_URL, cleanup, store_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
+    idem = Idempotency(f"sqlite:///{path}")
+    yield idem, str(path)
+    idem.close()
+
+
+def sqlite_charge(idem: Idempotency, path: str, key: str, amount: int = 10) -> dict[str, Any]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
+            if not tx.replayed:
+                conn.execute("INSERT INTO charges VALUES (?, ?)", (key, amount))
+                tx.result = {"order": key, "amount": amount}
+        conn.execute("COMMIT")
+        return {"replayed": tx.replayed, "result": tx.result}
+    finally:
+        conn.close()
+
+
+def sqlite_count(path: str, key: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM charges WHERE order_id = ?", (key,)).fetchone()[0]
+        )
+
+
+def test_sqlite_effect_and_record_commit_together(sqlite_db: tuple[Idempotency, str]) -> None:
+    """The first transaction runs the effect; a repeat replays and writes nothing."""
+    idem, path = sqlite_db
+    first = sqlite_charge(idem, path, "o-1")
+    again = sqlite_charge(idem, path, "o-1")
+    assert first == {"replayed": False, "result": {"order": "o-1", "amount": 10}}
+    assert again == {"replayed": True, "result": {"order": "o-1", "amount": 10}}
+    assert sqlite_count(path, "o-1") == 1
+    with pytest.raises(KeyReuseError):
+        sqlite_charge(idem, path, "o-1", amount=99)
+
+
+def test_sqlite_rollback_undoes_the_claim(sqlite_db: tuple[Idempotency, str]) -> None:
+    """A failed transaction leaves neither effect nor record: the retry runs."""
+    idem, path = sqlite_db
+    conn = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(RuntimeError), idem.transaction(conn, key="o-2") as tx:
+        conn.execute("INSERT INTO charges VALUES ('o-2', 10)")
+        raise RuntimeError("effect failed halfway")
+    conn.execute("ROLLBACK")
+    conn.close()
+    assert idem.store.get("", "o-2") is None
+    assert sqlite_count(path, "o-2") == 0
+    assert sqlite_charge(idem, path, "o-2")["replayed"] is False
+    assert sqlite_count(path, "o-2") == 1
+    assert tx.replayed is False
+
+
+def test_sqlite_concurrent_duplicates_run_once(sqlite_db: tuple[Idempotency, str]) -> None:
+    """16 threads, each its own connection, one key: one effect, every other call replays."""
+    idem, path = sqlite_db
+    results: list[dict[str, Any]] = []
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(sqlite_charge(idem, path, "o-3"))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 16
+    assert sum(not r["replayed"] for r in results) == 1
+    assert sqlite_count(path, "o-3") == 1
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
+    url, options = store_url("postgres", tmp_path)
+    schema = options["schema"]
+    idem = Idempotency(url, store_options=options)
+    idem.store.migrate()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{schema}".charges (order_id text, amount int)')
+    yield idem, schema
+    idem.close()
+    cleanup("postgres", options)
+
+
+def pg_charge(idem: Idempotency, schema: str, key: str, amount: int = 10) -> dict[str, Any]:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
+            if not tx.replayed:
+                conn.execute(f'INSERT INTO "{schema}".charges VALUES (%s, %s)', (key, amount))
+                tx.result = {"order": key, "amount": amount}
+        conn.commit()
+    return {"replayed": tx.replayed, "result": tx.result}
+
+
+def pg_count(schema: str, key: str) -> int:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{schema}".charges WHERE order_id = %s', (key,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_postgres_effect_and_record_commit_together(pg: tuple[Idempotency, str]) -> None:
+    """psycopg: one effect, a replay after it, key reuse refused."""
+    idem, schema = pg
+    assert pg_charge(idem, schema, "p-1")["replayed"] is False
+    assert pg_charge(idem, schema, "p-1") == {
+        "replayed": True,
+        "result": {"order": "p-1", "amount": 10},
+    }
+    assert pg_count(schema, "p-1") == 1
+    with pytest.raises(KeyReuseError):
+        pg_charge(idem, schema, "p-1", amount=5)
+
+
+def test_postgres_rollback_undoes_the_claim(pg: tuple[Idempotency, str]) -> None:
+    """psycopg: a rolled-back transaction leaves no record; the retry runs."""
+    idem, schema = pg
+    with psycopg.connect(POSTGRES_URL) as conn:
+        with pytest.raises(RuntimeError), idem.transaction(conn, key="p-2"):
+            conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('p-2', 10)")
+            raise RuntimeError("boom")
+        conn.rollback()
+    assert idem.store.get("", "p-2") is None
+    assert pg_count(schema, "p-2") == 0
+    assert pg_charge(idem, schema, "p-2")["replayed"] is False
+
+
+def test_postgres_concurrent_duplicates_wait_then_replay(pg: tuple[Idempotency, str]) -> None:
+    """16 connections claim one key at once: the unique key serializes them; one effect, 15
+    replays (each waited for the winner's commit)."""
+    idem, schema = pg
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            results.append(pg_charge(idem, schema, "p-3"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sum(not r["replayed"] for r in results) == 1
+    assert pg_count(schema, "p-3") == 1
+
+
+def test_sqlalchemy_session_over_postgres(pg: tuple[Idempotency, str]) -> None:
+    """A SQLAlchemy Session is accepted: the record rides in the session's transaction."""
+    idem, schema = pg
+    engine = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        for expect_replay in (False, True):
+            with Session(engine) as session:
+                with idem.transaction(session, key="sa-1", fingerprint="x") as tx:
+                    if not tx.replayed:
+                        session.execute(
+                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('sa-1', 1)")
+                        )
+                        tx.result = "charged"
+                session.commit()
+            assert tx.replayed is expect_replay
+            assert tx.result == "charged"
+    finally:
+        engine.dispose()
+    assert pg_count(schema, "sa-1") == 1
+
+
+async def test_async_psycopg_and_sqlalchemy(pg: tuple[Idempotency, str]) -> None:
+    """Async: a psycopg AsyncConnection and a SQLAlchemy AsyncSession both work."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    idem, schema = pg
+    for expect_replay in (False, True):
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+            async with idem.atransaction(conn, key="a-1") as tx:
+                if not tx.replayed:
+                    await conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('a-1', 1)")
+                    tx.result = 1
+            await conn.commit()
+        assert tx.replayed is expect_replay
+    engine = create_async_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        for expect_replay in (False, True):
+            async with AsyncSession(engine) as session:
+                async with idem.atransaction(session, key="a-2") as atx:
+                    if not atx.replayed:
+                        await session.execute(
+                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('a-2', 1)")
+                        )
+                        atx.result = 2
+                await session.commit()
+            assert atx.replayed is expect_replay
+    finally:
+        await engine.dispose()
+    await idem.aclose()
+    assert pg_count(schema, "a-1") == 1
+    assert pg_count(schema, "a-2") == 1
+
+
+# -- crash tests ----------------------------------------------------------------------------------
+
+CRASH_POINTS = ["after_claim", "after_effect", "after_commit"]
+
+
+def run_worker(
+    kind: str, url: str, options: dict[str, Any], key: str, crash: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.transactional_worker",
+            kind,
+            url,
+            json.dumps(options),
+            key,
+            crash,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+def crash_then_retry(
+    kind: str, url: str, options: dict[str, Any], crash: str
+) -> tuple[str, dict[str, Any]]:
+    key = f"crash-{crash}-{uuid.uuid4().hex[:6]}"
+    killed = run_worker(kind, url, options, key, crash)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL: no cleanup ran
+    retried = run_worker(kind, url, options, key, "none")  # the client retries
+    assert retried.returncode == 0, retried.stderr
+    return key, json.loads(retried.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash", CRASH_POINTS)
+def test_crash_sqlite(tmp_path: Path, crash: str) -> None:
+    """SQLite: killed at each point, then retried: exactly one effect."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
+    key, out = crash_then_retry("sqlite", f"sqlite:///{path}", {}, crash)
+    assert out["replayed"] is (crash == "after_commit")
+    assert sqlite_count(str(path), key) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "postgres-sqlalchemy"])
+@pytest.mark.parametrize("crash", CRASH_POINTS)
+def test_crash_postgres(pg: tuple[Idempotency, str], crash: str, kind: str) -> None:
+    """PostgreSQL (psycopg and SQLAlchemy): killed at each point, retried: one effect."""
+    idem, schema = pg
+    key, out = crash_then_retry(kind, POSTGRES_URL, {"schema": schema}, crash)
+    assert out["replayed"] is (crash == "after_commit")
+    assert pg_count(schema, key) == 1

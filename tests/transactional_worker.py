@@ -1,0 +1,85 @@
+"""A worker process for the crash tests: charge one order in transactional mode, and kill itself
+with SIGKILL at a chosen point.
+
+    python -m tests.transactional_worker KIND DB_URL STORE_OPTIONS_JSON KEY CRASH_POINT
+
+KIND is sqlite, postgres or postgres-sqlalchemy. CRASH_POINT is one of: none, after_claim,
+after_effect (before the commit), after_commit (before the reply is printed). On success it
+prints one JSON line: {"replayed": bool, "result": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+from typing import Any
+
+from idempo import Idempotency
+
+
+def crash_if(point: str, here: str) -> None:
+    if point == here:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def charge(idem: Idempotency, conn: Any, key: str, crash: str, insert: str) -> dict[str, Any]:
+    with idem.transaction(conn, key=key, fingerprint={"amount": 10}) as tx:
+        crash_if(crash, "after_claim")
+        if tx.replayed:
+            return {"replayed": True, "result": tx.result}
+        conn.execute(insert, (key, 10))
+        crash_if(crash, "after_effect")
+        tx.result = {"order": key, "charged": 10}
+    return {"replayed": False, "result": tx.result}
+
+
+def main(kind: str, url: str, options_json: str, key: str, crash: str) -> None:
+    options = json.loads(options_json)
+    idem = Idempotency(url, store_options=options)
+    if kind == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+        out = charge(idem, conn, key, crash, "INSERT INTO charges (order_id, amount) VALUES (?, ?)")
+        conn.execute("COMMIT")
+        conn.close()
+    elif kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            insert = f'INSERT INTO "{options["schema"]}".charges (order_id, amount) VALUES (%s, %s)'
+            out = charge(idem, conn, key, crash, insert)
+            conn.commit()
+    elif kind == "postgres-sqlalchemy":
+        import sqlalchemy as sa
+        from sqlalchemy.orm import Session
+
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with Session(engine) as session:
+            with idem.transaction(session, key=key, fingerprint={"amount": 10}) as tx:
+                crash_if(crash, "after_claim")
+                if not tx.replayed:
+                    session.execute(
+                        sa.text(
+                            f'INSERT INTO "{options["schema"]}".charges (order_id, amount)'
+                            " VALUES (:k, 10)"
+                        ),
+                        {"k": key},
+                    )
+                    crash_if(crash, "after_effect")
+                    tx.result = {"order": key, "charged": 10}
+            out = {"replayed": tx.replayed, "result": tx.result}
+            session.commit()
+        engine.dispose()
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+    crash_if(crash, "after_commit")
+    idem.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
