@@ -20,8 +20,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 from urllib.parse import urlsplit
 
 from idempo._async.engine import AsyncEngine
+from idempo._async.phases import AsyncPhase, AsyncPhasedOperation
 from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
+from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
 from idempo.core.fingerprint import bind_call, fingerprint
 from idempo.core.keys import validate_key, validate_scope
@@ -176,6 +178,58 @@ class Idempotency:
             key=validate_key(key),
             fingerprint=fingerprint_of(fingerprint),
             policy=self.policy,
+        )
+
+    # -- atomic phases -----------------------------------------------------------------------
+
+    def run_phases(
+        self,
+        phases: list[Phase],
+        *,
+        key: str,
+        scope: str = "",
+        fingerprint: Any = None,
+        conn: Any = None,
+    ) -> Any:
+        """Run ``phases`` once under ``key``, resuming after the last recovery point.
+
+        ``conn``: the database connection that local phases write to (sqlite3 or psycopg, not
+        autocommit), the same database as this object's store. See :mod:`idempo.phases`.
+        """
+        op = PhasedOperation(
+            self.store,
+            phases,
+            policy=self.policy,
+            conn=conn,
+            bind=lambda c: _bind_sync(self.store, c),
+        )
+        return op.run(
+            scope=validate_scope(scope),
+            key=validate_key(key),
+            fingerprint=fingerprint_of(fingerprint),
+        )
+
+    async def arun_phases(
+        self,
+        phases: list[AsyncPhase],
+        *,
+        key: str,
+        scope: str = "",
+        fingerprint: Any = None,
+        conn: Any = None,
+    ) -> Any:
+        """:meth:`run_phases` for asyncio (``conn``: a psycopg AsyncConnection)."""
+        op = AsyncPhasedOperation(
+            self.async_store,
+            phases,
+            policy=self.policy,
+            conn=conn,
+            bind=lambda c: _bind_async(self.async_store, c),
+        )
+        return await op.run(
+            scope=validate_scope(scope),
+            key=validate_key(key),
+            fingerprint=fingerprint_of(fingerprint),
         )
 
     # -- the decorator -----------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Atomic phases: operations with foreign side effects, resumable from recovery points.
+
+An operation that calls a payment provider and then writes its own rows cannot sit in one
+database transaction. Brandur Leach's answer, kept here: split it into ordered phases; after
+each phase, store a *recovery point* on the idempotency record (committed with the phase's own
+writes when the phase is local to the database); a retry, or a takeover after a crash, resumes
+after the last recovery point. A foreign call gets an idempotency key derived from ours
+(:meth:`AsyncPhaseContext.foreign_key`), so the foreign side dedupes a repeated call too.
+
+Improved on the original: every recovery point is fenced (only the current lease token may
+write one, by the store's clock), so a stalled worker that wakes up after a takeover cannot
+record progress over its successor's.
+
+The sync twin (``_sync/phases.py``) is generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from idempo._async.engine import AsyncEngine
+from idempo.core.decide import Replay
+from idempo.core.outcome import encode_result
+from idempo.core.policy import Policy
+from idempo.errors import IdempoError
+from idempo.stores.base import AsyncStore
+
+__all__ = ["AsyncPhase", "AsyncPhaseContext", "AsyncPhasedOperation"]
+
+log = logging.getLogger("idempo")
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncPhase:
+    """One step. ``run(ctx)`` returns a JSON-serializable value, kept in the recovery point.
+
+    ``local=True``: the phase writes to the operation's database connection (``ctx.conn``),
+    and its writes commit in one transaction with its recovery point. Otherwise (a foreign
+    call) the recovery point is stored once the phase returns.
+    """
+
+    name: str
+    run: Callable[[AsyncPhaseContext], Awaitable[Any]]
+    local: bool = False
+
+
+class AsyncPhaseContext:
+    """What a phase sees: the key, earlier phases' results, and the database connection."""
+
+    def __init__(self, scope: str, key: str, results: dict[str, Any], conn: Any) -> None:
+        self.scope = scope
+        self.key = key
+        self.results = results  # name -> value of every phase done so far (this run or before)
+        self.conn = conn
+
+    def foreign_key(self, phase: str) -> str:
+        """A stable idempotency key for the foreign call made in ``phase``: the same on every
+        retry of this operation, different for every other operation and phase."""
+        digest = hashlib.sha256(f"{self.scope}\x00{self.key}\x00{phase}".encode()).hexdigest()
+        return f"idempo-{digest[:40]}"
+
+
+def _load_point(data: bytes | None) -> dict[str, Any]:
+    if not data:
+        return {}
+    point = json.loads(data)
+    if point.get("v") != 1:
+        raise IdempoError(f"unknown recovery point format: {point.get('v')!r}")
+    results: dict[str, Any] = point["results"]
+    return results
+
+
+def _dump_point(results: dict[str, Any]) -> bytes:
+    return json.dumps({"v": 1, "results": results}, separators=(",", ":")).encode()
+
+
+class AsyncPhasedOperation:
+    """Runs ``phases`` in order under one idempotency key, resuming after the last recovery
+    point; the last phase's value is the operation's result, kept and replayed like any."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        phases: Sequence[AsyncPhase],
+        *,
+        policy: Policy,
+        conn: Any = None,
+        bind: Callable[[Any], Awaitable[AsyncStore]] | None = None,
+    ) -> None:
+        names = [p.name for p in phases]
+        if not phases or len(set(names)) != len(names):
+            raise ValueError(f"phases need distinct names, at least one: {names}")
+        if any(p.local for p in phases) and (conn is None or bind is None):
+            raise ValueError("local phases need conn= (the database their writes go to)")
+        self.store = store
+        self.phases = list(phases)
+        self.policy = policy
+        self.conn = conn
+        self._bind = bind
+        self.engine = AsyncEngine(store)
+
+    async def run(self, *, scope: str, key: str, fingerprint: str) -> Any:
+        decision = await self.engine.acquire(scope, key, fingerprint, self.policy)
+        if isinstance(decision, Replay):
+            return self.engine.replay(decision.outcome, scope=scope, key=key, policy=self.policy)
+        token = decision.token
+        results = _load_point(decision.recovery_point)
+        if results:
+            log.info("idempo: resuming %r/%r after phases %s", scope, key, list(results))
+        ctx = AsyncPhaseContext(scope, key, results, self.conn)
+        try:
+            for phase in self.phases:
+                if phase.name in results:
+                    continue  # done before a crash or an error: never again
+                if phase.local:
+                    await self._run_local(phase, ctx, scope, key, token)
+                else:
+                    results[phase.name] = await phase.run(ctx)
+                    await self.store.set_recovery_point(
+                        scope, key, token, _dump_point(results), lease=self.policy.lease
+                    )
+        except BaseException:
+            # Unlike a plain call, the claim is NOT released: the recovery point must survive
+            # for the retry, which takes over once the lease runs out (or at once: see below).
+            await self._expire_lease(scope, key, token)
+            raise
+        value = results[self.phases[-1].name]
+        encoded = encode_result(self.policy.serializer, value, self.policy.max_outcome_bytes)
+        await self.store.complete(scope, key, token, encoded.data, ttl=self.policy.ttl)
+        if encoded.error is not None:
+            raise encoded.error
+        return value
+
+    async def _run_local(
+        self, phase: AsyncPhase, ctx: AsyncPhaseContext, scope: str, key: str, token: str
+    ) -> None:
+        """The phase's writes and its recovery point in one transaction of ``conn``."""
+        assert self._bind is not None
+        bound = await self._bind(self.conn)
+        if isinstance(self.conn, sqlite3.Connection) and not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")  # the phase's writes and its point: one unit
+        try:
+            value = await phase.run(ctx)
+            point = _dump_point({**ctx.results, phase.name: value})
+            await bound.set_recovery_point(scope, key, token, point, lease=self.policy.lease)
+            await self.conn.commit()
+        except BaseException:
+            await self.conn.rollback()
+            raise
+        ctx.results[phase.name] = value
+
+    async def _expire_lease(self, scope: str, key: str, token: str) -> None:
+        """Let a retry take over at once: our lease ends now (the recovery point stays)."""
+        try:
+            await self.store.extend(scope, key, token, lease=0)
+        except Exception:
+            log.warning("idempo: could not hand over %r/%r; its lease will run out", scope, key)
