@@ -34,7 +34,8 @@ def db(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
     if request.param == "sqlite":
         conn: Any = sqlite3.connect(":memory:", isolation_level=None)
         conn.execute(
-            f'CREATE TABLE "{table}" (id TEXT PRIMARY KEY, balance INTEGER, owner TEXT, version INTEGER)'
+            f'CREATE TABLE "{table}"'
+            " (id TEXT PRIMARY KEY, balance INTEGER, owner TEXT, version INTEGER)"
         )
         yield conn, table
         conn.close()
@@ -52,7 +53,8 @@ def db(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
         conn.autocommit(True)
         with conn.cursor() as cur:
             cur.execute(
-                f"CREATE TABLE `{table}` (id VARCHAR(64) PRIMARY KEY, balance INT, owner TEXT, version INT)"
+                f"CREATE TABLE `{table}`"
+                " (id VARCHAR(64) PRIMARY KEY, balance INT, owner TEXT, version INT)"
             )
         yield conn, table
         with conn.cursor() as cur:
