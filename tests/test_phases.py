@@ -157,3 +157,35 @@ def order_rows(db: str, db_url: str, key: str) -> list[tuple[str, str]]:
             return [tuple(r) for r in c.execute("SELECT * FROM orders WHERE order_id = ?", (key,))]  # type: ignore[misc]
     with psycopg.connect(db_url) as c:
         return [tuple(r) for r in c.execute("SELECT * FROM orders WHERE order_id = %s", (key,))]  # type: ignore[misc]
+
+
+def test_recover_command_resumes_interrupted_operations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`idempo recover --call module:fn KEY` resumes after the last recovery point: the phase
+    done before the failure is not repeated; recovering again replays."""
+    from click.testing import CliRunner
+
+    from idempo.cli import main
+    from tests.recover_target import place_order
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE log (key TEXT, step TEXT)")
+    monkeypatch.setenv("IDEMPO_RECOVER_DB", str(path))
+    monkeypatch.setenv("IDEMPO_RECOVER_FAIL", "1")
+    with pytest.raises(RuntimeError, match="courier"):
+        place_order("o-9")
+    monkeypatch.setenv("IDEMPO_RECOVER_FAIL", "0")
+    runner = CliRunner()
+    first = runner.invoke(main, ["recover", "--call", "tests.recover_target:place_order", "o-9"])
+    assert first.exit_code == 0, first.output
+    assert "o-9: done: 'shipped'" in first.output
+    again = runner.invoke(main, ["recover", "--call", "tests.recover_target:place_order", "o-9"])
+    assert again.exit_code == 0
+    with sqlite3.connect(path) as c:
+        steps = [r[0] for r in c.execute("SELECT step FROM log WHERE key = 'o-9' ORDER BY rowid")]
+    assert steps == ["reserve", "ship"]
+    bad = runner.invoke(main, ["recover", "--call", "nonexistent.module:fn", "k"])
+    assert bad.exit_code != 0
+    assert "cannot load" in bad.output
