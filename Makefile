@@ -21,13 +21,13 @@ test: $(STAMP)  ## the whole test suite (needs the local Redis and PostgreSQL, e
 check: lint typecheck unasync  ## lint, types, and generated sync code up to date
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 
 format: $(STAMP)
 	$(BIN)/python scripts/unasync.py
-	$(BIN)/ruff check --fix src tests bench scripts
-	$(BIN)/ruff format src tests bench scripts
+	$(BIN)/ruff check --fix src tests bench scripts examples
+	$(BIN)/ruff format src tests bench scripts examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
