@@ -1,0 +1,87 @@
+"""FastAPI: show the Idempotency-Key header, and idempo's answers, in the OpenAPI schema.
+
+    app = FastAPI()
+    app.add_middleware(IdempotencyMiddleware, store="sqlite:///idempo.db", required=True)
+    document_idempotency(app, required=True)     # the same options as the middleware
+
+The middleware sits below FastAPI and cannot see its schema, so this helper wraps
+``app.openapi`` and adds, to every operation the middleware guards (decided by the same
+:meth:`~idempo.core.http.HttpConfig.guard`), the header parameter and the 409/422 (and, when
+required, 400) problem+json responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from idempo.core.http import DEFAULT_METHODS, HttpConfig, Route
+
+__all__ = ["document_idempotency"]
+
+_PROBLEM = {"application/problem+json": {"schema": {"type": "object"}}}
+
+
+def document_idempotency(
+    app: Any,
+    *,
+    header: str = "Idempotency-Key",
+    required: bool = False,
+    methods: Iterable[str] = DEFAULT_METHODS,
+    routes: Iterable[Route] = (),
+) -> None:
+    """Add the key header to the OpenAPI operations the middleware guards."""
+    config = HttpConfig(
+        header=header,
+        methods=frozenset(m.upper() for m in methods),
+        required=required,
+        routes=tuple(routes),
+    )
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            cached: dict[str, Any] = app.openapi_schema
+            return cached
+        schema: dict[str, Any] = original()
+        for path, item in schema.get("paths", {}).items():
+            for method, operation in item.items():
+                guarded, key_required = config.guard(method.upper(), path)
+                if not guarded or not isinstance(operation, dict):
+                    continue
+                operation.setdefault("parameters", []).append(
+                    {
+                        "name": header,
+                        "in": "header",
+                        "required": key_required,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 257},
+                        "description": (
+                            'Idempotency key (a Structured Field string, e.g. "k1"): a retry '
+                            "with the same key replays the first response."
+                        ),
+                    }
+                )
+                responses = operation.setdefault("responses", {})
+                responses.setdefault(
+                    "409",
+                    {"description": "A request with this key is in progress", "content": _PROBLEM},
+                )
+                responses.setdefault(
+                    "422",
+                    {
+                        "description": "The key was used for a different request",
+                        "content": _PROBLEM,
+                    },
+                )
+                if key_required:
+                    responses.setdefault(
+                        "400",
+                        {
+                            "description": "Idempotency key missing or malformed",
+                            "content": _PROBLEM,
+                        },
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
