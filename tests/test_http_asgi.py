@@ -426,3 +426,30 @@ async def test_client_gone_before_body_arrives_claims_nothing() -> None:
     assert ran == []
     assert sent == []
     assert len(backing) == 0
+
+
+def test_idempo_client_over_a_lossy_network_charges_once(service: tuple[str, Effects]) -> None:
+    """The retrying client against the real middleware, replies lost after processing: every
+    logical request is executed exactly once; lost replies come back as replays."""
+    from idempo.client import Client
+    from idempo.demo import LossyTransport
+
+    base, effects = service
+    lossy = LossyTransport(0.4, seed=3)
+    with Client(
+        base_url=base,
+        transport=lossy,
+        attempts=10,
+        retry_timeout=None,
+        wait_initial=0.001,
+        wait_max=0.01,
+        wait_jitter=0,
+    ) as client:
+        for i in range(20):
+            r = client.post("/charges", json={"amount": i})
+            assert r.status_code == 201
+            assert r.json()["charged"] == i
+    assert lossy.lost > 0
+    assert lossy.replays > 0
+    assert len(effects.by_key) == 20
+    assert all(n == 1 for n in effects.by_key.values())
