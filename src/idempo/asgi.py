@@ -36,7 +36,6 @@ from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
 from idempo.errors import (
     IdempoError,
-    LeaseLostError,
     OutcomeNotStoredError,
     StoreUnavailableError,
 )
@@ -201,7 +200,7 @@ class IdempotencyMiddleware:
         self, scope: Scope, receive: Receive, send: Send, principal: str, key: str, token: str
     ) -> None:
         capture = ResponseCapture(self.config.max_response_bytes)
-        store, config, ttl = self.store, self.config, self.policy.ttl
+        engine, config, ttl = self.engine, self.config, self.policy.ttl
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -223,7 +222,7 @@ class IdempotencyMiddleware:
                 return
             # The last chunk: record the outcome before the client can see the end of the
             # response, so that a client that got it and retries is replayed.
-            await _finish(store, principal, key, token, capture, config, ttl)
+            await engine.settle(principal, key, token, record_for(config, capture), ttl=ttl)
             capture.finished = True
             await send(message)
 
@@ -236,28 +235,6 @@ class IdempotencyMiddleware:
         if not capture.finished:
             # The app returned without completing its response: nothing to keep.
             await self.engine.release_quietly(principal, key, token)
-
-
-async def _finish(
-    store: AsyncStore,
-    principal: str,
-    key: str,
-    token: str,
-    capture: ResponseCapture,
-    config: HttpConfig,
-    ttl: float,
-) -> None:
-    """Keep the response (or a not-stored marker), or release the key if it is not kept."""
-    try:
-        data = record_for(config, capture)
-        if data is None:
-            await store.release(principal, key, token)
-        else:
-            await store.complete(principal, key, token, data, ttl=ttl)
-    except (LeaseLostError, StoreUnavailableError) as exc:
-        # The response was produced; the client still gets it. A retry after the lease runs out
-        # may run the handler again: log it loudly, there is no one else to tell.
-        log.error("idempo: could not record the response of key %r: %s", key, exc)
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:

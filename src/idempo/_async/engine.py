@@ -106,6 +106,20 @@ class AsyncEngine:
             )
         return value
 
+    async def settle(
+        self, scope: str, key: str, token: str, data: bytes | None, *, ttl: float
+    ) -> None:
+        """Keep ``data`` as the outcome, or release the key if it is None, after the caller has
+        already answered (HTTP adapters): a store failure is logged, not raised, since there is
+        nobody left to tell. A retry after the lease runs out may then run the handler again."""
+        try:
+            if data is None:
+                await self.store.release(scope, key, token)
+            else:
+                await self.store.complete(scope, key, token, data, ttl=ttl)
+        except (LeaseLostError, StoreUnavailableError) as exc:
+            log.error("idempo: could not record the response of key %r: %s", key, exc)
+
     async def release_quietly(self, scope: str, key: str, token: str) -> None:
         try:
             await self.store.release(scope, key, token)

@@ -135,6 +135,9 @@ def parse_key_header(values: Iterable[str]) -> str | None:
     raw = values[0].strip(" \t")
     if len(raw) >= 2 and raw[0] == '"':
         return validate_key(_parse_sf_string(raw))
+    if "," in raw:
+        # WSGI servers join repeated headers with ", ": a bare key never holds a comma.
+        raise InvalidKeyError("more than one Idempotency-Key value (or a bare key with a comma)")
     return validate_key(raw)
 
 
