@@ -20,6 +20,7 @@ from idempo.stores.base import AsyncStore, Store
 
 REDIS_URL = os.environ.get("IDEMPO_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("IDEMPO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("IDEMPO_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 REQUIRE_SERVICES = os.environ.get("IDEMPO_REQUIRE_SERVICES") == "1"
 
 STORE_KINDS = [
@@ -27,6 +28,7 @@ STORE_KINDS = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
 ]
 
 _service_errors: dict[str, str | None] = {}
@@ -43,6 +45,12 @@ def _probe(kind: str) -> str | None:
             import psycopg
 
             psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+        elif kind == "mysql":
+            import pymysql
+
+            from idempo.stores.mysql import _parse_url
+
+            pymysql.connect(**_parse_url(MYSQL_URL), connect_timeout=2).close()
     except Exception as exc:
         return f"{kind} is not reachable ({exc})"
     return None
@@ -50,7 +58,7 @@ def _probe(kind: str) -> str | None:
 
 def require_service(kind: str) -> None:
     """Skip (or, under IDEMPO_REQUIRE_SERVICES=1, fail) when ``kind``'s server is missing."""
-    if kind not in ("redis", "postgres"):
+    if kind not in ("redis", "postgres", "mysql"):
         return
     if kind not in _service_errors:
         _service_errors[kind] = _probe(kind)
@@ -73,6 +81,8 @@ def store_url(kind: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
         return REDIS_URL, {"prefix": f"idempo-test-{run}:"}
     if kind == "postgres":
         return POSTGRES_URL, {"schema": f"idempo_test_{run}"}
+    if kind == "mysql":
+        return MYSQL_URL, {"table": f"idempo_test_{run}"}
     raise ValueError(kind)
 
 
@@ -91,6 +101,20 @@ def cleanup(kind: str, options: dict[str, Any]) -> None:
 
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{options["schema"]}" CASCADE')
+    elif kind == "mysql":
+        import pymysql
+
+        from idempo.stores.mysql import _parse_url
+
+        table = options["table"]
+        mconn = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+        try:
+            cur = mconn.cursor()
+            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+            for suffix in ("claim", "hold", "purge"):
+                cur.execute(f"DROP PROCEDURE IF EXISTS `{table}_{suffix}`")
+        finally:
+            mconn.close()
 
 
 @contextlib.contextmanager

@@ -366,6 +366,7 @@ _REAL_SETTINGS = settings(
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("mysql", marks=pytest.mark.mysql),
     ],
 )
 def test_record_machine_on_real_store(kind: str) -> None:

@@ -7,6 +7,7 @@ URL                                        store
 ``sqlite:///path.db``, ``sqlite://:memory:``  :class:`~idempo.stores.sqlite.SQLiteStore`
 ``redis://host:port/db``, ``rediss://``      :class:`~idempo.stores.redis.RedisStore`
 ``postgresql://user@host/db``               :class:`~idempo.stores.postgres.PostgresStore`
+``mysql://user:pass@host:3306/db``          :class:`~idempo.stores.mysql.MySQLStore` (MariaDB)
 =========================================  =============================================
 
 A plain map from scheme to module: each module offers ``open_sync(url, **options)`` and
@@ -32,6 +33,7 @@ _SCHEMES: dict[str, tuple[str, str | None]] = {
     "rediss": ("idempo.stores.redis", "redis"),
     "postgresql": ("idempo.stores.postgres", "postgres"),
     "postgres": ("idempo.stores.postgres", "postgres"),
+    "mysql": ("idempo.stores.mysql", "mysql"),
 }
 
 
