@@ -322,3 +322,121 @@ def test_crash_postgres(pg: tuple[Idempotency, str], crash: str, kind: str) -> N
     key, out = crash_then_retry(kind, POSTGRES_URL, {"schema": schema}, crash)
     assert out["replayed"] is (crash == "after_commit")
     assert pg_count(schema, key) == 1
+
+
+# -- MariaDB --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def maria(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
+    import pymysql
+
+    from idempo.stores.mysql import _parse_url
+
+    url, options = store_url("mysql", tmp_path)
+    idem = Idempotency(url, store_options=options)
+    idem.store.migrate()
+    effects = f"{options['table']}_charges"
+    conn = pymysql.connect(**_parse_url(url), autocommit=True)
+    conn.cursor().execute(f"CREATE TABLE `{effects}` (order_id VARCHAR(64), amount INT)")
+    yield idem, options["table"]
+    conn.cursor().execute(f"DROP TABLE IF EXISTS `{effects}`")
+    conn.close()
+    idem.close()
+    cleanup("mysql", options)
+
+
+def maria_connect() -> Any:
+    import pymysql
+
+    from idempo.stores.mysql import _parse_url
+    from tests.conftest import MYSQL_URL
+
+    return pymysql.connect(**_parse_url(MYSQL_URL), autocommit=False)
+
+
+def maria_charge(idem: Idempotency, table: str, key: str, amount: int = 10) -> dict[str, Any]:
+    conn = maria_connect()
+    try:
+        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
+            if not tx.replayed:
+                conn.cursor().execute(
+                    f"INSERT INTO `{table}_charges` VALUES (%s, %s)", (key, amount)
+                )
+                tx.result = {"order": key, "amount": amount}
+        conn.commit()
+        return {"replayed": tx.replayed, "result": tx.result}
+    finally:
+        conn.close()
+
+
+def maria_count(table: str, key: str) -> int:
+    conn = maria_connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT count(*) FROM `{table}_charges` WHERE order_id = %s", (key,))
+        return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.mysql
+def test_mariadb_effect_and_record_commit_together(maria: tuple[Idempotency, str]) -> None:
+    """PyMySQL: one effect, then a replay; reuse refused; a rollback leaves nothing."""
+    idem, table = maria
+    assert maria_charge(idem, table, "m-1")["replayed"] is False
+    assert maria_charge(idem, table, "m-1")["replayed"] is True
+    assert maria_count(table, "m-1") == 1
+    with pytest.raises(KeyReuseError):
+        maria_charge(idem, table, "m-1", amount=3)
+    conn = maria_connect()
+
+    def fail_halfway() -> None:
+        with idem.transaction(conn, key="m-2"):
+            conn.cursor().execute(f"INSERT INTO `{table}_charges` VALUES ('m-2', 1)")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_halfway()
+    conn.rollback()
+    conn.close()
+    assert idem.store.get("", "m-2") is None
+    assert maria_count(table, "m-2") == 0
+
+
+@pytest.mark.mysql
+def test_mariadb_concurrent_duplicates_wait_then_replay(maria: tuple[Idempotency, str]) -> None:
+    """16 connections, one key: the unique key serializes them; one effect, 15 replays."""
+    idem, table = maria
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            results.append(maria_charge(idem, table, "m-3"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sum(not r["replayed"] for r in results) == 1
+    assert maria_count(table, "m-3") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+@pytest.mark.parametrize("crash", CRASH_POINTS)
+def test_crash_mariadb(maria: tuple[Idempotency, str], crash: str) -> None:
+    """MariaDB: killed at each point, then retried: exactly one effect."""
+    from tests.conftest import MYSQL_URL
+
+    _, table = maria
+    key, out = crash_then_retry("mysql", MYSQL_URL, {"table": table}, crash)
+    assert out["replayed"] is (crash == "after_commit")
+    assert maria_count(table, key) == 1

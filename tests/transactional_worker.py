@@ -3,7 +3,7 @@ with SIGKILL at a chosen point.
 
     python -m tests.transactional_worker KIND DB_URL STORE_OPTIONS_JSON KEY CRASH_POINT
 
-KIND is sqlite, postgres or postgres-sqlalchemy. CRASH_POINT is one of: none, after_claim,
+KIND is sqlite, postgres, postgres-sqlalchemy or mysql. CRASH_POINT is one of: none, after_claim,
 after_effect (before the commit), after_commit (before the reply is printed). On success it
 prints one JSON line: {"replayed": bool, "result": ...}.
 """
@@ -53,6 +53,24 @@ def main(kind: str, url: str, options_json: str, key: str, crash: str) -> None:
             insert = f'INSERT INTO "{options["schema"]}".charges (order_id, amount) VALUES (%s, %s)'
             out = charge(idem, conn, key, crash, insert)
             conn.commit()
+    elif kind == "mysql":
+        import pymysql
+
+        from idempo.stores.mysql import _parse_url
+
+        conn = pymysql.connect(**_parse_url(url), autocommit=False)
+        with idem.transaction(conn, key=key, fingerprint={"amount": 10}) as tx:
+            crash_if(crash, "after_claim")
+            if not tx.replayed:
+                conn.cursor().execute(
+                    f"INSERT INTO `{options['table']}_charges` (order_id, amount) VALUES (%s, 10)",
+                    (key,),
+                )
+                crash_if(crash, "after_effect")
+                tx.result = {"order": key, "charged": 10}
+        conn.commit()
+        conn.close()
+        out = {"replayed": tx.replayed, "result": tx.result}
     elif kind == "postgres-sqlalchemy":
         import sqlalchemy as sa
         from sqlalchemy.orm import Session

@@ -407,14 +407,18 @@ def _bind_sync(store: Store, conn: Any) -> Store:
     bind = getattr(store, "bind", None)
     if bind is None:
         raise TypeError(
-            f"transactional mode needs a SQL store (sqlite:///, postgresql://), not {store!r}"
+            "transactional mode needs a SQL store (sqlite:///, postgresql://, mysql://), "
+            f"not {store!r}"
         )
-    if isinstance(raw, sqlite3.Connection) or type(raw).__module__.startswith("psycopg"):
+    if isinstance(raw, sqlite3.Connection) or type(raw).__module__.startswith(
+        ("psycopg", "pymysql")
+    ):
         bound: Store = bind(raw)
         return bound
     raise TypeError(
         f"transactional mode does not know {type(raw).__module__}.{type(raw).__name__}: "
-        "pass a sqlite3 or psycopg connection, or a SQLAlchemy Session/Connection over one"
+        "pass a sqlite3, psycopg or PyMySQL connection, or a SQLAlchemy Session/Connection "
+        "over one"
     )
 
 

@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"the MariaDB store needs PyMySQL: pip install 'idempo[mysql]' ({exc})"
     ) from exc
 
+from idempo.core import transitions
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import IdempoError, LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores._threaded import SyncStoreAsAsync
@@ -990,11 +991,156 @@ class MySQLStore:
         rows = self._run("purge_expired", self._sql.purge, (min(int(limit), 2**32 - 1),))
         return int(rows[0][0]) if rows else 0
 
+    def bind(self, conn: Any) -> BoundMySQLStore:
+        """This store's operations on ``conn`` (a PyMySQL connection, not autocommit), inside
+        the caller's transaction: transactional mode. The caller commits; idempo never does."""
+        return BoundMySQLStore(self, conn)
+
     def __repr__(self) -> str:
         host = self._connect_kwargs.get("host", "localhost")
         database = self._connect_kwargs.get("database")
         table = self._sql.table
         return f"{type(self).__name__}(host={host!r}, database={database!r}, table={table!r})"
+
+
+class BoundMySQLStore:
+    """A :class:`MySQLStore`'s operations on the caller's PyMySQL connection, inside the
+    caller's transaction (transactional mode; see :meth:`MySQLStore.bind`).
+
+    The store's procedures open and commit transactions of their own, so they cannot run inside
+    the caller's. Here each operation is plain statements instead: the row is read ``FOR
+    UPDATE`` and the pure transitions of :mod:`idempo.core.transitions` decide, as in the SQLite
+    store. A claim of an absent key INSERTs; a concurrent duplicate's INSERT waits on the unique
+    key until this transaction ends, then fails with a duplicate key (the winner committed: it
+    reads the row again and replays) or succeeds (the winner rolled back). This costs two or
+    three statements per operation instead of one.
+    """
+
+    def __init__(self, parent: MySQLStore, conn: Any) -> None:
+        self._parent = parent
+        self._conn = conn
+        t = _quote(parent._sql.table)
+        self._select = (
+            "SELECT fingerprint, state, token, lease_until, outcome, recovery_point,"
+            f" created_at, expires_at, format FROM {t} WHERE scope = %s AND `key` = %s"
+        )
+        self._insert = (
+            f"INSERT INTO {t} (scope, `key`, fingerprint, state, token, lease_until, outcome,"
+            " recovery_point, created_at, expires_at, format)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        self._update = (
+            f"UPDATE {t} SET fingerprint = %s, state = %s, token = %s, lease_until = %s,"
+            " outcome = %s, recovery_point = %s, created_at = %s, expires_at = %s, format = %s"
+            " WHERE scope = %s AND `key` = %s"
+        )
+        self._delete = f"DELETE FROM {t} WHERE scope = %s AND `key` = %s"
+
+    def _query(self, operation: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with _store_errors(operation):
+            cursor = self._conn.cursor()
+            cursor.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description is not None else []
+
+    def _load(
+        self, operation: str, scope: str, key: str, *, lock: bool
+    ) -> tuple[float, Record | None]:
+        rows = self._query(operation, self._select + (" FOR UPDATE" if lock else ""), (scope, key))
+        # The clock after the row lock is granted: a wait must not make leases look younger.
+        now = float(self._query(operation, "SELECT UNIX_TIMESTAMP(SYSDATE(6))", ())[0][0])
+        return now, (_record(scope, key, rows[0]) if rows else None)
+
+    def _write(self, operation: str, r: Record, *, insert: bool) -> None:
+        values = (
+            r.fingerprint,
+            r.state.value,
+            r.token,
+            r.lease_until,
+            r.outcome,
+            r.recovery_point,
+            r.created_at,
+            r.expires_at,
+            RECORD_FORMAT,
+        )
+        if insert:
+            self._query(operation, self._insert, (r.scope, r.key, *values))
+        else:
+            self._query(operation, self._update, (*values, r.scope, r.key))
+
+    def claim(
+        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
+    ) -> ClaimResult:
+        self._parent._ensure_ready()
+        for _ in range(100):
+            now, current = self._load("claim", scope, key, lock=True)
+            result, write = transitions.claim(
+                current,
+                scope=scope,
+                key=key,
+                fingerprint=fingerprint,
+                token=token,
+                now=now,
+                lease=lease,
+                ttl=ttl,
+            )
+            if write is None:
+                return result
+            try:
+                self._write("claim", write, insert=current is None)
+            except StoreError as exc:
+                if _errno(exc.__cause__ or exc) == 1062:  # a duplicate committed meanwhile
+                    continue
+                raise
+            return result
+        raise StoreError(f"claim of {scope!r}/{key!r} kept racing concurrent inserts")
+
+    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None:
+        now, current = self._load("complete", scope, key, lock=True)
+        record = transitions.complete(current, token=token, outcome=outcome, now=now, ttl=ttl)
+        self._write("complete", record, insert=False)
+
+    def _extend(self, scope: str, key: str, token: str, lease: float, point: bytes | None) -> float:
+        now, current = self._load("extend", scope, key, lock=True)
+        record = transitions.extend(
+            current, token=token, now=now, lease=lease, recovery_point=point
+        )
+        self._write("extend", record, insert=False)
+        assert record.lease_until is not None
+        return record.lease_until
+
+    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
+        return self._extend(scope, key, token, lease, None)
+
+    def set_recovery_point(
+        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
+    ) -> float:
+        return self._extend(scope, key, token, lease, recovery_point)
+
+    def release(self, scope: str, key: str, token: str) -> bool:
+        now, current = self._load("release", scope, key, lock=True)
+        current = transitions.live(current, now)
+        if current is None or current.token != token:
+            return False
+        self._query("release", self._delete, (scope, key))
+        return True
+
+    def get(self, scope: str, key: str) -> Record | None:
+        now, current = self._load("get", scope, key, lock=False)
+        return transitions.public(current, now)
+
+    def delete(self, scope: str, key: str) -> bool:
+        now, current = self._load("delete", scope, key, lock=True)
+        self._query("delete", self._delete, (scope, key))
+        return transitions.live(current, now) is not None
+
+    def purge_expired(self, limit: int = 1000) -> int:
+        return self._parent.purge_expired(limit)  # housekeeping: never in the caller's transaction
+
+    def migrate(self) -> None:
+        self._parent.migrate()
+
+    def close(self) -> None:
+        """The connection is the caller's: nothing to close."""
 
 
 class AsyncMySQLStore(SyncStoreAsAsync):
