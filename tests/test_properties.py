@@ -375,3 +375,31 @@ def test_record_machine_on_real_store(kind: str) -> None:
     case = _real_machine(kind).TestCase
     case.settings = _REAL_SETTINGS
     case().runTest()
+
+
+@given(json_values, st.randoms(use_true_random=False))
+def test_request_fingerprint_matches_the_canonical_fingerprint(
+    value: Any, rnd: random.Random
+) -> None:
+    """The HTTP fast path (numbers canonicalized while parsing) gives exactly the fingerprint
+    of the general canonicalizer, for any document and any serialization of it."""
+    from idempo.core.http import fingerprint_request
+
+    body = json.dumps(_shuffled(value, rnd), indent=rnd.choice([None, 2])).encode()
+    expected = fingerprint(
+        {"method": "POST", "path": "/p", "query": "a=1&b=2", "body": {"json": value}}
+    )
+    assert fingerprint_request("post", "/p", "b=2&a=1", body, "application/json") == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1e999}', b'"\\ud800"', b"\xff\xfe", b"[" * 5000],
+)
+def test_request_fingerprint_never_fails_on_odd_json(body: bytes) -> None:
+    """Bodies that are not strict JSON are fingerprinted by their bytes, never an error."""
+    from idempo.core.http import fingerprint_request
+
+    a = fingerprint_request("POST", "/p", "", body, "application/json")
+    assert a == fingerprint_request("POST", "/p", "", body, "application/json")
+    assert a != fingerprint_request("POST", "/p", "", body + b" ", "application/json")

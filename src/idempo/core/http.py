@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,29 +176,44 @@ def default_scope(headers: Mapping[str, str]) -> str:
     return f"principal:{digest[:40]}"
 
 
+def _json_number(text: str) -> float | int:
+    """JSON numbers as the canonical form has them (RFC 8785): 1.0 is 1; no infinities."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text!r}")
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Numbers are canonicalized while parsing, so the parsed document is already in canonical form
+# and is hashed without a second walk (this runs on every guarded request).
+_decode_json = json.JSONDecoder(parse_float=_json_number, parse_constant=_refuse_constant).decode
+_canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def fingerprint_request(
     method: str, path: str, query: str, body: bytes, content_type: str | None
 ) -> str:
     """Method, path, query (order-insensitive) and body; a JSON body is canonicalized, so the
-    same document serialized differently gets the same fingerprint."""
-    query_items = sorted(parse_qsl(query, keep_blank_values=True))
-    canonical_body: Any
+    same document serialized differently gets the same fingerprint. A body that claims to be
+    JSON but is not (or holds NaN, Infinity, lone surrogates) is fingerprinted by its bytes:
+    never an error, since it is the application's to refuse."""
+    request: dict[str, Any] = {
+        "method": method.upper(),
+        "path": path,
+        "query": urlencode(sorted(parse_qsl(query, keep_blank_values=True))),
+    }
     media = (content_type or "").split(";")[0].strip().lower()
     if body and (media == "application/json" or media.endswith("+json")):
         try:
-            canonical_body = {"json": json.loads(body)}
-        except ValueError:
-            canonical_body = {"sha256": hashlib.sha256(body).hexdigest()}
-    else:
-        canonical_body = {"sha256": hashlib.sha256(body).hexdigest()}
-    return fingerprint(
-        {
-            "method": method.upper(),
-            "path": path,
-            "query": urlencode(query_items),
-            "body": canonical_body,
-        }
-    )
+            text = _canonical_text({**request, "body": {"json": _decode_json(body.decode())}})
+            return hashlib.sha256(text.encode()).hexdigest()
+        except (ValueError, UnicodeError, RecursionError):
+            pass
+    return fingerprint({**request, "body": {"sha256": hashlib.sha256(body).hexdigest()}})
 
 
 @dataclass(frozen=True, slots=True)
