@@ -135,6 +135,9 @@ def parse_key_header(values: Iterable[str]) -> str | None:
         raise InvalidKeyError("more than one Idempotency-Key header")
     raw = values[0].strip(" \t")
     if len(raw) >= 2 and raw[0] == '"':
+        inner = raw[1:-1]
+        if raw[-1] == '"' and '"' not in inner and "\\" not in inner:
+            return validate_key(inner)  # the common case: no escapes to undo
         return validate_key(_parse_sf_string(raw))
     if "," in raw:
         # WSGI servers join repeated headers with ", ": a bare key never holds a comma.
@@ -204,7 +207,7 @@ def fingerprint_request(
     request: dict[str, Any] = {
         "method": method.upper(),
         "path": path,
-        "query": urlencode(sorted(parse_qsl(query, keep_blank_values=True))),
+        "query": urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else "",
     }
     media = (content_type or "").split(";")[0].strip().lower()
     if body and (media == "application/json" or media.endswith("+json")):
