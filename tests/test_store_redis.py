@@ -4,6 +4,7 @@ record layout, error translation, WAIT, and client ownership."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import time
@@ -191,6 +192,46 @@ async def test_async_operations_are_one_evalsha(raw: redis.Redis, prefix: str) -
         await store.close()
 
 
+def _script_commands(probe: redis.Redis, redis_key: str, op: Callable[[], object]) -> list[str]:
+    """The commands the store's scripts ran on ``redis_key`` during ``op()`` (MONITOR shows a
+    script's commands as from "lua"; TIME names no key and is left out)."""
+    marker = f"end-of-watch-{uuid.uuid4().hex}"
+    names = []
+    with probe.monitor() as monitor:  # type: ignore[no-untyped-call]
+        op()
+        probe.echo(marker)
+        while marker not in (command := monitor.next_command())["command"]:
+            words = command["command"].split()
+            if command["client_type"] == "lua" and redis_key in words[1:2]:
+                names.append(words[0])
+    return names
+
+
+def test_scripts_issue_few_commands(store: RedisStore, raw: redis.Redis) -> None:
+    """Lua's per-command cost dominates a script's time: the common paths stay lean (a fresh
+    claim deletes nothing; extend and set_recovery_point write in one HSET)."""
+    key = _key()
+    redis_key = store.redis_key("s", key)
+    claimed: list[Any] = []
+
+    def claim() -> None:
+        claimed.append(store.claim("s", key, "fp", _token(), lease=LEASE, ttl=TTL))
+
+    assert _script_commands(raw, redis_key, claim) == ["HMGET", "HSET", "PEXPIREAT"]
+    token = claimed[0].token
+    assert _script_commands(
+        raw, redis_key, lambda: store.set_recovery_point("s", key, token, b"p", lease=LEASE)
+    ) == ["HMGET", "HSET", "PEXPIREAT"]
+    assert _script_commands(
+        raw, redis_key, lambda: store.complete("s", key, token, b"out", ttl=TTL)
+    ) == ["HMGET", "HDEL", "HSET", "PEXPIREAT"]
+    assert _script_commands(raw, redis_key, claim) == ["HMGET"]  # a replay writes nothing
+    # An expired leftover is deleted before the fresh record is written.
+    raw.hset(redis_key, "expires_at", 1)
+    assert _script_commands(raw, redis_key, claim) == ["HMGET", "DEL", "HSET", "PEXPIREAT"]
+    assert claimed[-1].status is ClaimStatus.ACQUIRED
+
+
 # -- layout --------------------------------------------------------------------------------------
 
 
@@ -250,6 +291,51 @@ def test_expired_record_not_yet_reaped_is_absent(store: RedisStore, raw: redis.R
     assert b"recovery_point" not in fields
 
 
+def test_answers_match_the_stored_record(store: RedisStore) -> None:
+    """A fresh claim's short reply (the server's clock alone) and a takeover's long one give
+    the very record that is stored, to the millisecond."""
+    key = _key()
+    fresh = store.claim("s", key, "fp", "t1", lease=0.05, ttl=TTL)
+    stored = store.get("s", key)
+    assert stored is not None
+    assert fresh.record == dataclasses.replace(stored, token="t1")
+    assert fresh.now == fresh.record.created_at
+    assert fresh.record.expires_at == pytest.approx(fresh.now + TTL, abs=1e-6)
+    time.sleep(0.1)
+    taken = store.claim("s", key, "fp", "t2", lease=LEASE, ttl=TTL)
+    assert taken.status is ClaimStatus.ACQUIRED
+    assert taken.takeover
+    stored = store.get("s", key)
+    assert stored is not None
+    assert taken.record == dataclasses.replace(stored, token="t2")
+    assert taken.record.created_at == fresh.record.created_at
+    until = store.set_recovery_point("s", key, "t2", b"\x00p", lease=2 * LEASE)
+    stored = store.get("s", key)
+    assert stored is not None
+    assert until == stored.lease_until
+    assert stored.recovery_point == b"\x00p"
+    assert stored.expires_at >= until
+    until = store.extend("s", key, "t2", lease=LEASE)
+    stored = store.get("s", key)
+    assert stored is not None
+    assert until == stored.lease_until
+
+
+def test_stray_fields_without_version_do_not_leak(store: RedisStore, raw: redis.Redis) -> None:
+    """A hash holding idempo fields but no schema version is no record: a claim replaces it
+    whole, as it does an expired one."""
+    key = _key()
+    redis_key = store.redis_key("s", key)
+    raw.hset(redis_key, mapping={"outcome": b"old", "recovery_point": b"old"})
+    assert store.get("s", key) is None
+    claimed = store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    assert claimed.status is ClaimStatus.ACQUIRED
+    assert claimed.record.recovery_point is None
+    fields = raw.hgetall(redis_key)
+    assert b"outcome" not in fields
+    assert b"recovery_point" not in fields
+
+
 def test_lease_lost_reasons(store: RedisStore) -> None:
     key = _key()
     first = store.claim("s", key, "fp", "t1", lease=LEASE, ttl=TTL)
@@ -273,6 +359,41 @@ def test_foreign_data_is_a_store_error(store: RedisStore, raw: redis.Redis) -> N
         store.get("s", wrong_type)
 
 
+@pytest.mark.parametrize(
+    "operation", ["claim", "complete", "extend", "set_recovery_point", "release", "get", "delete"]
+)
+def test_every_operation_refuses_a_newer_schema(
+    store: RedisStore, raw: redis.Redis, operation: str
+) -> None:
+    """A record of a newer idempo is refused, live or not, and left as it is."""
+    redis_key = store.redis_key("s", "k")
+    fields = {b"v": b"2", b"expires_at": b"1", b"state": b"in_progress", b"token": b"t"}
+    raw.hset(redis_key, mapping=fields)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="schema v2"):
+        OPERATIONS[operation](store)
+    assert raw.hgetall(redis_key) == fields
+
+
+def test_unexpected_replies_are_store_errors(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies no script gives (another version's script under the same SHA, say) are
+    StoreError, not a crash or a wrong answer."""
+    claim_replies: list[Any] = [[b"weird"] + [None] * 10, [b"acquired"], b"ok"]
+    for reply in claim_replies:
+        monkeypatch.setattr(store, "_eval", lambda *a, reply=reply: reply)
+        with pytest.raises(StoreError, match="unexpected reply"):
+            store.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
+    extend_replies: list[Any] = [b"what", [b"ok", 1], b"ok"]
+    for reply in extend_replies:
+        monkeypatch.setattr(store, "_eval", lambda *a, reply=reply: reply)
+        with pytest.raises(StoreError, match="unexpected reply"):
+            store.extend("s", "k", "t", lease=LEASE)
+    monkeypatch.setattr(store, "_eval", lambda *a: [b"found", b"fp", b"no-such-state"] + [0] * 8)
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get("s", "k")
+
+
 def test_lost_script_cache_is_reloaded(store: RedisStore) -> None:
     """A server that forgot a script (restart, failover) gets it again, also on the
     WAIT path. A bogus sha stands in for SCRIPT FLUSH, which would touch the shared server."""
@@ -285,6 +406,14 @@ def test_lost_script_cache_is_reloaded(store: RedisStore) -> None:
     with pytest.raises(StoreError, match="stored on the Redis primary"):
         waiting.complete("s", key, "t", b"x", ttl=TTL)
     assert waiting._complete.sha != "0" * 40
+
+
+async def test_async_lost_script_cache_is_reloaded(astore: AsyncRedisStore) -> None:
+    key = _key()
+    astore._claim.sha = "0" * 40
+    claimed = await astore.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    assert claimed.status is ClaimStatus.ACQUIRED
+    assert astore._claim.sha != "0" * 40
 
 
 # -- errors --------------------------------------------------------------------------------------

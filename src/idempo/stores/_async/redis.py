@@ -21,15 +21,13 @@ injective: ``("a:b", "c")`` and ``("a", "b:c")`` cannot collide)::
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import hashlib
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
@@ -46,119 +44,180 @@ from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 __all__ = ["AsyncRedisStore"]
 
 # -- Lua ---------------------------------------------------------------------------------------
-# Each script is PRELUDE + its own body, run as one EVALSHA on KEYS[1] alone. Times are integer
-# milliseconds (exact in Lua's doubles; PEXPIREAT takes them as they are). Missing hash fields
-# read as false, never nil: a nil inside a returned table would truncate the reply.
+# Each script runs as one EVALSHA on KEYS[1] alone. Times are integer milliseconds (exact in
+# Lua's doubles; PEXPIREAT takes them as they are). Missing hash fields read as false, never nil:
+# a nil inside a returned table would truncate the reply.
+#
+# The scripts are written for Lua's per-call cost, which dominates their time on the server:
+# each reads only the fields it needs with one HMGET, builds no tables or closures it can do
+# without, and issues as few commands as the transition allows.
 
-_PRELUDE = """
--- The server's clock is the only one: clients' clocks may disagree with each other.
+# The server's clock is the only one: clients' clocks may disagree with each other.
+_NOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local FIELDS = {'v', 'fingerprint', 'state', 'token', 'lease_until', 'created_at',
-                'expires_at', 'outcome', 'recovery_point'}
-local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
-local rec = {}
-for i, name in ipairs(FIELDS) do rec[name] = raw[i] end
-if not rec.v then
-  rec = nil
-elseif rec.v ~= '1' then
-  -- Written by a newer idempo: refuse rather than misread it.
-  return redis.error_reply('idempo: record ' .. KEYS[1] .. ' has unknown schema v' .. rec.v)
-elseif tonumber(rec.expires_at) <= now then
-  -- Expired is absent, whether or not Redis has reaped the key yet.
-  rec = nil
-end
--- Only the current token of a live in_progress record may write (fencing). The codes name the
--- reasons transitions.require_holder gives; nil means the caller holds the claim.
-local function refused(token)
-  if not rec then return 'gone' end
-  if rec.state ~= 'in_progress' then return 'completed' end
-  if rec.token ~= token then return 'taken' end
-  return nil
-end
--- One reply shape for claim and get; the token only goes to a claim that acquired.
-local function reply(status, token, takeover)
-  return {status, rec.fingerprint, rec.state, token, rec.lease_until, rec.created_at,
-          rec.expires_at, rec.outcome, rec.recovery_point, now, takeover}
-end
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 """
 
-# ARGV: fingerprint, token, lease ms, ttl ms
-_CLAIM = """
-local fp, token, lease, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-if not rec then
-  -- Absent or expired: a fresh record. DEL first so an expired leftover's fields (outcome,
-  -- recovery point) cannot leak into it.
-  rec = {fingerprint = fp, state = 'in_progress', token = token, lease_until = now + lease,
-         created_at = now, expires_at = now + math.max(ttl, lease), outcome = false,
-         recovery_point = false}
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'v', '1', 'fingerprint', fp, 'state', 'in_progress',
-             'token', token, 'lease_until', rec.lease_until, 'created_at', now,
-             'expires_at', rec.expires_at)
-  redis.call('PEXPIREAT', KEYS[1], rec.expires_at)
-  return reply('acquired', token, 0)
-end
--- Another request under this key is refused in any state: taking over a crashed holder's
--- claim with a different request would mix two operations' effects.
-if rec.fingerprint ~= fp then return reply('mismatch', false, 0) end
-if rec.state == 'completed' then return reply('completed', false, 0) end
-if tonumber(rec.lease_until) > now then return reply('in_progress', false, 0) end
--- The lease ran out: the holder crashed or stalled. A new token fences it off; created_at and
--- the recovery point stay, so a multi-step operation resumes where it stopped.
-rec.token, rec.lease_until = token, now + lease
-rec.expires_at = math.max(tonumber(rec.expires_at), rec.lease_until)
-redis.call('HSET', KEYS[1], 'token', token, 'lease_until', rec.lease_until,
-           'expires_at', rec.expires_at)
-redis.call('PEXPIREAT', KEYS[1], rec.expires_at)
-return reply('acquired', token, 1)
-"""
+# A record written by a newer idempo is refused rather than misread. An expired record is
+# absent, whether or not Redis has reaped the key yet.
+_UNKNOWN_SCHEMA = "redis.error_reply('idempo: record ' .. KEYS[1] .. ' has unknown schema v' .. v)"
 
-# ARGV: token, outcome, ttl ms
-_COMPLETE = """
-local why = refused(ARGV[1])
-if why then return why end
+# ARGV: fingerprint, token, lease ms, ttl ms.
+# Replies: for a fresh record, the integer ``now`` alone (the caller knows the rest); otherwise
+# {status, fingerprint, state, token, lease_until, created_at, expires_at, outcome,
+#  recovery_point, now, takeover}, the token only to a claim that acquired.
+_CLAIM = (
+    _NOW
+    + """
+local key = KEYS[1]
+local r = redis.call('HMGET', key, 'v', 'fingerprint', 'state', 'token', 'lease_until',
+                     'created_at', 'expires_at', 'outcome', 'recovery_point')
+local v = r[1]
+if v then
+  if v ~= '1' then return """
+    + _UNKNOWN_SCHEMA
+    + """ end
+  local expires_at = tonumber(r[7])
+  if expires_at > now then
+    -- Another request under this key is refused in any state: taking over a crashed holder's
+    -- claim with a different request would mix two operations' effects.
+    local status = 'in_progress'
+    if r[2] ~= ARGV[1] then
+      status = 'mismatch'
+    elseif r[3] == 'completed' then
+      status = 'completed'
+    elseif tonumber(r[5]) <= now then
+      -- The lease ran out: the holder crashed or stalled. A new token fences it off;
+      -- created_at and the recovery point stay, so a multi-step operation resumes where it
+      -- stopped.
+      local lease_until = now + ARGV[3]
+      if lease_until > expires_at then expires_at = lease_until end
+      redis.call('HSET', key, 'token', ARGV[2], 'lease_until', lease_until,
+                 'expires_at', expires_at)
+      redis.call('PEXPIREAT', key, expires_at)
+      return {'acquired', r[2], r[3], ARGV[2], lease_until, r[6], expires_at, r[8], r[9], now, 1}
+    end
+    return {status, r[2], r[3], false, r[5], r[6], r[7], r[8], r[9], now, 0}
+  end
+end
+-- Absent or expired: a fresh record. Whatever is left of ours under the key (an expired record
+-- not yet reaped) is deleted first, so that its fields (outcome, recovery point) cannot leak
+-- into the new one. Mostly HMGET read nothing: the key is absent and there is nothing to delete.
+if v or r[2] or r[3] or r[4] or r[5] or r[6] or r[7] or r[8] or r[9] then
+  redis.call('DEL', key)
+end
+local lease = tonumber(ARGV[3])
+local expires_at = now + math.max(tonumber(ARGV[4]), lease)
+redis.call('HSET', key, 'v', '1', 'fingerprint', ARGV[1], 'state', 'in_progress',
+           'token', ARGV[2], 'lease_until', now + lease, 'created_at', now,
+           'expires_at', expires_at)
+redis.call('PEXPIREAT', key, expires_at)
+return now
+"""
+)
+
+# Only the current token of a live in_progress record may write (fencing). The codes name the
+# reasons transitions.require_holder gives. Leaves key and r (v, state, token, expires_at) to the
+# body that follows.
+_HOLDER = (
+    """
+local key = KEYS[1]
+local r = redis.call('HMGET', key, 'v', 'state', 'token', 'expires_at')
+local v = r[1]
+if not v then return 'gone' end
+if v ~= '1' then return """
+    + _UNKNOWN_SCHEMA
+    + """ end
+if tonumber(r[4]) <= now then return 'gone' end
+if r[2] ~= 'in_progress' then return 'completed' end
+if r[3] ~= ARGV[1] then return 'taken' end
+"""
+)
+
+# ARGV: token, outcome, ttl ms. Replies 'ok' or a refusal code.
+_COMPLETE = (
+    _NOW
+    + _HOLDER
+    + """
 -- The retention clock restarts at completion (it may shorten the record's life).
-local expires_at = now + tonumber(ARGV[3])
-redis.call('HDEL', KEYS[1], 'token', 'lease_until')
-redis.call('HSET', KEYS[1], 'state', 'completed', 'outcome', ARGV[2], 'expires_at', expires_at)
-redis.call('PEXPIREAT', KEYS[1], expires_at)
+local expires_at = now + ARGV[3]
+redis.call('HDEL', key, 'token', 'lease_until')
+redis.call('HSET', key, 'state', 'completed', 'outcome', ARGV[2], 'expires_at', expires_at)
+redis.call('PEXPIREAT', key, expires_at)
 return 'ok'
 """
+)
 
 # ARGV: token, lease ms[, recovery point]: extend and set_recovery_point in one script.
-_EXTEND = """
-local why = refused(ARGV[1])
-if why then return {why, 0} end
-local lease_until = now + tonumber(ARGV[2])
+# Replies the new lease_until (an integer) or a refusal code.
+_EXTEND = (
+    _NOW
+    + _HOLDER
+    + """
+local lease_until = now + ARGV[2]
 -- The record must outlive its lease, or Redis would drop it under a live holder.
-local expires_at = math.max(tonumber(rec.expires_at), lease_until)
-redis.call('HSET', KEYS[1], 'lease_until', lease_until, 'expires_at', expires_at)
-if #ARGV >= 3 then redis.call('HSET', KEYS[1], 'recovery_point', ARGV[3]) end
-redis.call('PEXPIREAT', KEYS[1], expires_at)
-return {'ok', lease_until}
+local expires_at = math.max(tonumber(r[4]), lease_until)
+if #ARGV >= 3 then
+  redis.call('HSET', key, 'lease_until', lease_until, 'expires_at', expires_at,
+             'recovery_point', ARGV[3])
+else
+  redis.call('HSET', key, 'lease_until', lease_until, 'expires_at', expires_at)
+end
+redis.call('PEXPIREAT', key, expires_at)
+return lease_until
 """
+)
 
-# ARGV: token. A completed record has no token, so it can never be released.
-_RELEASE = """
-if rec and rec.token == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+# ARGV: token. A completed record has no token, so it can never be released. Replies 1 or 0.
+_RELEASE = (
+    _NOW
+    + """
+local key = KEYS[1]
+local r = redis.call('HMGET', key, 'v', 'token', 'expires_at')
+local v = r[1]
+if not v then return 0 end
+if v ~= '1' then return """
+    + _UNKNOWN_SCHEMA
+    + """ end
+if r[2] == ARGV[1] and tonumber(r[3]) > now then
+  redis.call('DEL', key)
   return 1
 end
 return 0
 """
+)
 
-_GET = """
-if not rec then return false end
-return reply('found', false, 0)
+# Replies false (no live record) or the claim's long reply with status 'found' and no token.
+_GET = (
+    _NOW
+    + """
+local r = redis.call('HMGET', KEYS[1], 'v', 'fingerprint', 'state', 'token', 'lease_until',
+                     'created_at', 'expires_at', 'outcome', 'recovery_point')
+local v = r[1]
+if not v then return false end
+if v ~= '1' then return """
+    + _UNKNOWN_SCHEMA
+    + """ end
+if tonumber(r[7]) <= now then return false end
+return {'found', r[2], r[3], false, r[5], r[6], r[7], r[8], r[9], now, 0}
 """
+)
 
-# An expired leftover is removed too, but only a live record counts as deleted.
-_DELETE = """
-redis.call('DEL', KEYS[1])
-if rec then return 1 end
+# An expired leftover is removed too, but only a live record counts as deleted. Replies 1 or 0.
+_DELETE = (
+    _NOW
+    + """
+local key = KEYS[1]
+local r = redis.call('HMGET', key, 'v', 'expires_at')
+local v = r[1]
+if v and v ~= '1' then return """
+    + _UNKNOWN_SCHEMA
+    + """ end
+redis.call('DEL', key)
+if v and tonumber(r[2]) > now then return 1 end
 return 0
 """
+)
 
 # Errors meaning "the store cannot serve us now; nothing was done": retry later or elsewhere.
 # ReadOnlyError is a demoted primary after a failover; the cluster ones are resharding/failover.
@@ -178,46 +237,51 @@ _LEASE_LOST = {
 }
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """The one place where Redis client errors become idempo errors."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
-    except RedisError as exc:
-        raise StoreError(f"Redis refused an idempo command: {exc}") from exc
+# The scripts' status and state codes, as a client with decode_responses=False reads them.
+_STATUS = {status.value.encode(): status for status in ClaimStatus}
+_STATE = {state.value.encode(): state for state in State}
+
+
+class _Script:
+    """A Lua script and the SHA1 that EVALSHA names it by."""
+
+    __slots__ = ("script", "sha")
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+def _translated(exc: RedisError | OSError) -> StoreUnavailableError | StoreError:
+    """The idempo error for a Redis client error: the one place where they are told apart."""
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailableError(f"Redis is unavailable: {exc}")
+    return StoreError(f"Redis refused an idempo command: {exc}")
 
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _seconds(ms: Any) -> float:
-    return int(ms) / 1000
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _record(scope: str, key: str, reply: list[Any]) -> Record:
-    """A Record from the scripts' reply shape (see ``reply`` in the Lua prelude)."""
+    """A Record from the scripts' long reply: {status, fingerprint, state, token, lease_until,
+    created_at, expires_at, outcome, recovery_point, now, takeover}. Strings arrive as bytes,
+    numbers the script computed as int."""
     try:
         _, fingerprint, state, token, lease_until, created, expires, outcome, recovery = reply[:9]
         return Record(
             scope=scope,
             key=key,
-            fingerprint=_text(fingerprint),
-            state=State(_text(state)),
-            token=None if token is None else _text(token),
-            lease_until=None if lease_until is None else _seconds(lease_until),
+            fingerprint=fingerprint.decode(),
+            state=_STATE[state],
+            token=None if token is None else token.decode(),
+            lease_until=None if lease_until is None else int(lease_until) / 1000,
             outcome=outcome,
-            created_at=_seconds(created),
-            expires_at=_seconds(expires),
+            created_at=int(created) / 1000,
+            expires_at=int(expires) / 1000,
             recovery_point=recovery,
         )
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise StoreError(f"corrupt idempotency record for {scope!r}/{key!r}: {exc}") from exc
 
 
@@ -265,12 +329,12 @@ class AsyncRedisStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._owns_client = False
-        self._claim = self._script(_CLAIM)
-        self._complete = self._script(_COMPLETE)
-        self._extend = self._script(_EXTEND)
-        self._release = self._script(_RELEASE)
-        self._get = self._script(_GET)
-        self._delete = self._script(_DELETE)
+        self._claim = _Script(_CLAIM)
+        self._complete = _Script(_COMPLETE)
+        self._extend = _Script(_EXTEND)
+        self._release = _Script(_RELEASE)
+        self._get = _Script(_GET)
+        self._delete = _Script(_DELETE)
 
     @classmethod
     def from_url(
@@ -308,26 +372,47 @@ class AsyncRedisStore:
         store._owns_client = True
         return store
 
-    def _script(self, body: str) -> AsyncScript:
-        return self.client.register_script(_PRELUDE + body)
-
     def redis_key(self, scope: str, key: str) -> str:
         """The Redis key holding (scope, key): the scope's length makes it unambiguous."""
         return f"{self.prefix}{len(scope)}:{scope}:{key}"
 
-    async def _eval(self, script: AsyncScript, scope: str, key: str, *args: Any) -> Any:
-        """One EVALSHA (EVAL's text is sent again only if the server lost the script)."""
-        with _translated():
-            return await script(keys=[self.redis_key(scope, key)], args=args)
+    async def _eval(self, script: _Script, scope: str, key: str, *args: Any) -> Any:
+        """One EVALSHA (straight to the client: redis-py's Script wrapper costs more than it
+        does here). If the server lost the script (restart, failover, SCRIPT FLUSH), the refused
+        EVALSHA ran nothing: load the script and send it once more."""
+        redis_key = self.redis_key(scope, key)
+        try:
+            try:
+                return await self.client.evalsha(script.sha, 1, redis_key, *args)
+            except NoScriptError:
+                script.sha = await self.client.script_load(script.script)
+                return await self.client.evalsha(script.sha, 1, redis_key, *args)
+        except (RedisError, OSError) as exc:
+            raise _translated(exc) from exc
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult:
-        reply = await self._eval(self._claim, scope, key, fingerprint, token, _ms(lease), _ms(ttl))
+        lease_ms, ttl_ms = _ms(lease), _ms(ttl)
+        reply = await self._eval(self._claim, scope, key, fingerprint, token, lease_ms, ttl_ms)
+        if type(reply) is int:
+            # A fresh record: the script answered only its clock; the rest is ours already.
+            record = Record(
+                scope=scope,
+                key=key,
+                fingerprint=fingerprint,
+                state=State.IN_PROGRESS,
+                token=token,
+                lease_until=(reply + lease_ms) / 1000,
+                outcome=None,
+                created_at=reply / 1000,
+                expires_at=(reply + max(ttl_ms, lease_ms)) / 1000,
+            )
+            return ClaimResult(ClaimStatus.ACQUIRED, record, reply / 1000)
         try:
-            status = ClaimStatus(_text(reply[0]))
-            now, takeover = _seconds(reply[9]), bool(reply[10])
-        except (ValueError, TypeError, IndexError) as exc:
+            status = _STATUS[reply[0]]
+            now, takeover = reply[9] / 1000, reply[10] == 1
+        except (KeyError, TypeError, IndexError) as exc:
             raise StoreError(f"unexpected reply from the claim script: {reply!r}") from exc
         return ClaimResult(status, _record(scope, key, reply), now, takeover=takeover)
 
@@ -352,7 +437,7 @@ class AsyncRedisStore:
         it runs on, so a WAIT sent on another pooled connection would confirm nothing."""
         assert isinstance(self.client, Redis)
         timeout = max(1, _ms(self.wait_timeout))
-        with _translated():
+        try:
             for _ in range(2):
                 async with self.client.pipeline(transaction=False) as pipe:
                     pipe.evalsha(self._complete.sha, 1, redis_key, *args)
@@ -366,19 +451,18 @@ class AsyncRedisStore:
             for result in (status, acked):
                 if isinstance(result, Exception):
                     raise result
+        except (RedisError, OSError) as exc:
+            raise _translated(exc) from exc
         return status, int(acked)
 
     async def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        reply = await self._eval(self._extend, scope, key, token, _ms(lease))
-        _check(reply[0])
-        return _seconds(reply[1])
+        return _lease_until(await self._eval(self._extend, scope, key, token, _ms(lease)))
 
     async def set_recovery_point(
         self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
     ) -> float:
         reply = await self._eval(self._extend, scope, key, token, _ms(lease), recovery_point)
-        _check(reply[0])
-        return _seconds(reply[1])
+        return _lease_until(reply)
 
     async def release(self, scope: str, key: str, token: str) -> bool:
         return bool(await self._eval(self._release, scope, key, token))
@@ -406,9 +490,21 @@ class AsyncRedisStore:
 
 
 def _check(status: Any) -> None:
-    """Raise LeaseLostError for a fencing refusal from complete/extend/set_recovery_point."""
-    if status == b"ok":
-        return
-    if status in _LEASE_LOST:
-        raise LeaseLostError(_LEASE_LOST[status])
-    raise StoreError(f"unexpected reply from an idempo script: {status!r}")
+    """Raise LeaseLostError for a fencing refusal from complete."""
+    if status != b"ok":
+        raise _refusal(status)
+
+
+def _refusal(status: Any) -> StoreError | LeaseLostError:
+    """The error for a fencing refusal code (or for a reply no script gives)."""
+    reason = _LEASE_LOST.get(status) if isinstance(status, bytes) else None
+    if reason is not None:
+        return LeaseLostError(reason)
+    return StoreError(f"unexpected reply from an idempo script: {status!r}")
+
+
+def _lease_until(reply: Any) -> float:
+    """The extend script's answer: the new lease_until (ms), or a fencing refusal."""
+    if type(reply) is int:
+        return reply / 1000
+    raise _refusal(reply)
