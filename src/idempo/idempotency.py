@@ -365,8 +365,8 @@ class _Operation:
         self.fingerprint = fingerprint
         if not isinstance(scope, str) and not callable(scope):
             raise TypeError("scope must be a str or a callable of the function's arguments")
-        if isinstance(scope, str):
-            validate_scope(self._scoped(scope))
+        # A constant scope is validated and composed once, here, not on every call.
+        self.fixed_scope = validate_scope(self._scoped(scope)) if isinstance(scope, str) else None
 
     def _scoped(self, user_scope: str) -> str:
         # Records of different functions never meet: the operation's name is part of the scope.
@@ -381,8 +381,10 @@ class _Operation:
             key = _DERIVED_KEY_PREFIX + fp
         else:
             key = validate_key(self.key(*args, **kwargs))
-        user_scope = self.scope if isinstance(self.scope, str) else self.scope(*args, **kwargs)
-        scope = validate_scope(self._scoped(validate_scope(user_scope)))
+        if self.fixed_scope is not None:
+            return self.fixed_scope, key, fp
+        assert callable(self.scope)
+        scope = validate_scope(self._scoped(validate_scope(self.scope(*args, **kwargs))))
         return scope, key, fp
 
 

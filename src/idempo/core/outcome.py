@@ -47,6 +47,10 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
+# Built once: json.dumps with non-default arguments builds a new encoder on every call.
+_JSON_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 class JSONSerializer:
     """The default: JSON text, UTF-8. Keeps what JSON can: dict, list, str, int, float, bool,
     None. A replay returns what JSON gives back (tuples become lists, dict keys become str)."""
@@ -55,9 +59,7 @@ class JSONSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return json.dumps(
-                value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-            ).encode()
+            return _JSON_ENCODE(value).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"the JSON serializer cannot keep a {type(value).__name__} result ({exc}); return "
