@@ -1,0 +1,54 @@
+"""Broker adapters for :class:`idempo.consumer.Consumer`: exactly-once message handlers.
+
+==============================================  ===================  ==========================
+adapter                                         install              default message id
+==============================================  ===================  ==========================
+:class:`~.rabbitmq.RabbitMQConsumer` (aio-pika)  ``idempo[rabbitmq]``  AMQP ``message_id``
+:class:`~.nats.JetStreamConsumer` (nats-py)      ``idempo[nats]``      ``Nats-Msg-Id``, else
+                                                                     ``stream:sequence``
+:class:`~.redis_streams.RedisStreamConsumer`     ``idempo[redis]``     the entry id
+==============================================  ===================  ==========================
+
+Each lives in its own module and is imported only when asked for (``import idempo`` imports no
+broker client); a missing client raises ImportError naming the extra to install. See
+``docs/consumers.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from idempo.consumer import Claim, Consumer, ConsumerOptions, Delivery, Result, Status
+
+if TYPE_CHECKING:
+    from idempo.consumers.nats import JetStreamConsumer
+    from idempo.consumers.rabbitmq import RabbitMQConsumer
+    from idempo.consumers.redis_streams import RedisStreamConsumer, StreamEntry
+
+__all__ = [
+    "Claim",
+    "Consumer",
+    "ConsumerOptions",
+    "Delivery",
+    "JetStreamConsumer",
+    "RabbitMQConsumer",
+    "RedisStreamConsumer",
+    "Result",
+    "Status",
+    "StreamEntry",
+]
+
+_LAZY = {
+    "RabbitMQConsumer": "idempo.consumers.rabbitmq",
+    "JetStreamConsumer": "idempo.consumers.nats",
+    "RedisStreamConsumer": "idempo.consumers.redis_streams",
+    "StreamEntry": "idempo.consumers.redis_streams",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,252 @@
+"""NATS JetStream (nats-py): a durable pull consumer with explicit acks, each message once.
+
+::
+
+    nc = await nats.connect("nats://localhost:4222")
+    js = nc.jetstream()
+
+    async def handle(msg: nats.aio.msg.Msg) -> None: ...
+
+    consumer = JetStreamConsumer(js, "orders.>", handle, durable="billing", stream="ORDERS",
+                                 store="sqlite:///idempo.db")
+    await consumer.start()          # fetches in the background; stop() drains
+
+Identity: the ``Nats-Msg-Id`` header the producer set (also what JetStream itself deduplicates
+on within the stream's ``duplicate_window``; idempo extends that to ``ttl`` and to the
+consumer's side effects), or the header named by ``id_header=``, or your own ``message_id=``.
+Without the header the id is ``<stream>:<stream sequence>``: stable across redeliveries of that
+stream message (lost acks, restarts, naks), but a producer that publishes the same message twice
+makes two sequences, which are *not* recognized as duplicates. Have producers set
+``Nats-Msg-Id`` when that matters.
+
+Settling: ``ack_sync`` (the server confirms the ack) after the record is committed. A message
+held by another consumer, or whose handler failed, is ``nak``-ed with a delay (JetStream delays
+the redelivery itself). Dead-lettering is ``term`` (JetStream never redelivers it and emits a
+``$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED`` advisory); with ``dead_letter_subject=`` the
+message is first published there (into a stream that captures that subject).
+While a handler runs, ``in_progress`` is sent with every lease renewal, so ``ack_wait`` does not
+expire for a live worker. Delivery counts come from JetStream (``num_delivered``), so
+``max_deliveries`` holds across consumers and restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Callable
+from typing import Unpack
+
+try:
+    from nats.aio.msg import Msg
+    from nats.js.api import ConsumerConfig
+    from nats.js.client import JetStreamContext
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"idempo.consumers.nats needs nats-py ({exc.name} is missing): pip install 'idempo[nats]'"
+    ) from exc
+
+from idempo.consumer import (
+    Consumer,
+    ConsumerOptions,
+    Delivery,
+    Handler,
+    _finish,
+    _raise_if_cancelled,
+    _Tasks,
+)
+from idempo.stores.base import AsyncStore
+
+__all__ = ["JetStreamConsumer", "JetStreamDelivery", "nats_message_id"]
+
+log = logging.getLogger("idempo.consumer")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def nats_message_id(msg: Msg) -> str | None:
+    """The default message id: the ``Nats-Msg-Id`` header, else ``<stream>:<sequence>``."""
+    value = (msg.headers or {}).get(MSG_ID_HEADER)
+    if value:
+        return value
+    meta = msg.metadata
+    return f"{meta.stream}:{meta.sequence.stream}"
+
+
+def header_message_id(header: str) -> Callable[[Msg], str | None]:
+    """A message id read from the header ``header`` (no fallback: None when absent)."""
+
+    def message_id(msg: Msg) -> str | None:
+        return (msg.headers or {}).get(header)
+
+    return message_id
+
+
+class JetStreamDelivery(Delivery[Msg]):
+    """One JetStream delivery: ack_sync, nak with delay, term (after an optional publish to a
+    dead-letter subject), in_progress."""
+
+    def __init__(
+        self,
+        message: Msg,
+        *,
+        js: JetStreamContext,
+        dead_letter_subject: str | None = None,
+        ack_timeout: float = 5.0,
+        ack_wait: float | None = None,
+    ) -> None:
+        super().__init__(message, attempt=message.metadata.num_delivered)
+        self.keepalive_within = ack_wait
+        self._js = js
+        self._dead_letter_subject = dead_letter_subject
+        self._ack_timeout = ack_timeout
+
+    async def ack(self) -> None:
+        await self.message.ack_sync(timeout=self._ack_timeout)
+
+    async def retry(self, delay: float) -> None:
+        await self.message.nak(delay=delay if delay > 0 else None)
+
+    async def dead_letter(self, reason: str) -> None:
+        if self._dead_letter_subject is not None:
+            meta = self.message.metadata
+            headers = dict(self.message.headers or {})
+            headers.pop(MSG_ID_HEADER, None)  # let the dead-letter stream keep every copy
+            headers.update(
+                {
+                    "Idempo-Reason": reason[:1000],
+                    "Idempo-Subject": self.message.subject,
+                    "Idempo-Stream": meta.stream,
+                    "Idempo-Sequence": str(meta.sequence.stream),
+                }
+            )
+            await self._js.publish(self._dead_letter_subject, self.message.data, headers=headers)
+        await self.message.term()
+
+    async def keepalive(self) -> None:
+        await self.message.in_progress()
+
+
+class JetStreamConsumer(Consumer[Msg]):
+    """A durable JetStream pull consumer on ``subject``; see the module's documentation.
+
+    ``durable``: the JetStream consumer's name (created if missing, with ``config`` or the
+    defaults: explicit acks, deliver all); it is also the default ``name`` (the scope of the
+    records). ``stream``: found from the subject when omitted. ``concurrency``: messages handled
+    at once (and the most fetched in one pull). ``fetch_timeout``: seconds one pull waits for
+    messages (also how long :meth:`stop` may wait for the pull in flight). The other options are
+    :class:`~idempo.consumer.Consumer`'s.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subject: str,
+        handler: Handler[Msg],
+        *,
+        durable: str,
+        store: str | AsyncStore,
+        stream: str | None = None,
+        config: ConsumerConfig | None = None,
+        name: str | None = None,
+        message_id: Callable[[Msg], str | None] | None = None,
+        id_header: str | None = None,
+        concurrency: int = 16,
+        fetch_timeout: float = 1.0,
+        ack_timeout: float = 5.0,
+        dead_letter_subject: str | None = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> None:
+        if message_id is not None and id_header is not None:
+            raise TypeError("pass message_id= or id_header=, not both")
+        if message_id is None:
+            message_id = nats_message_id if id_header is None else header_message_id(id_header)
+        super().__init__(
+            handler, store=store, name=name or durable, message_id=message_id, **options
+        )
+        self.js = js
+        self.subject = subject
+        self.durable = durable
+        self.stream = stream
+        self.config = config
+        self.fetch_timeout = fetch_timeout
+        self.ack_timeout = ack_timeout
+        self.dead_letter_subject = dead_letter_subject
+        self._tasks = _Tasks(concurrency)
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._ack_wait: float | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Bind (creating the durable consumer if needed) and start fetching in the background."""
+        if self._loop is not None:
+            raise RuntimeError("this consumer is already started")
+        self._stopping.clear()
+        self._tasks.closing = False
+        self._sub = await self.js.pull_subscribe(
+            self.subject,
+            durable=self.durable,
+            stream=self.stream,
+            # nats-py fills in the names and the filter: leave the caller's object alone.
+            config=None if self.config is None else copy.copy(self.config),
+        )
+        try:
+            info = await self._sub.consumer_info()
+            self._ack_wait = info.config.ack_wait
+        except Exception:  # only a keepalive hint: JetStream's default is 30 s
+            log.debug("idempo: %s: cannot read the consumer's ack_wait", self.name, exc_info=True)
+            self._ack_wait = 30.0
+        self._loop = asyncio.create_task(self._run(self._sub))
+
+    async def stop(self, grace: float | None = 30.0) -> None:
+        """Stop fetching, let in-flight messages finish (cancelled after ``grace`` seconds: they are
+        then redelivered after ``ack_wait``), unsubscribe (the durable consumer stays), and
+        close the store if this consumer opened it."""
+        self._stopping.set()
+        self._tasks.close()
+        loop, self._loop = self._loop, None
+        await _finish(loop, self.fetch_timeout + 5)
+        await self._tasks.drain(grace)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await self.aclose()
+
+    async def __aenter__(self) -> JetStreamConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def wrap(self, message: Msg) -> Delivery[Msg]:
+        """The :class:`Delivery` for ``message`` (override to customize settling)."""
+        return JetStreamDelivery(
+            message,
+            js=self.js,
+            dead_letter_subject=self.dead_letter_subject,
+            ack_timeout=self.ack_timeout,
+            ack_wait=self._ack_wait,
+        )
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            await self._tasks.wait_free()
+            if self._stopping.is_set():
+                return
+            _raise_if_cancelled()
+            try:
+                msgs = await sub.fetch(self._tasks.free, timeout=self.fetch_timeout)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.warning("idempo: %s: fetch failed; retrying", self.name, exc_info=True)
+                await asyncio.sleep(min(1.0, self.fetch_timeout))
+                continue
+            for msg in msgs:
+                self._tasks.spawn(self.process(self.wrap(msg)))
