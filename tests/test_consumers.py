@@ -1081,9 +1081,9 @@ async def test_core_fingerprint_mismatch_is_dead_lettered() -> None:
 
 
 async def test_core_passes_the_claim_and_reserves_transactions() -> None:
-    """pass_claim=True hands the handler its Claim (scope, key, token, attempt); transaction=
-    is reserved for the transactional inbox and refused for now; a handler that cannot take
-    the claim is refused at construction."""
+    """pass_claim=True hands the handler its Claim (scope, key, token, attempt); it does not
+    combine with transaction=; a handler that cannot take the claim is refused at
+    construction."""
     seen: list[Claim] = []
 
     async def handle(message: Any, claim: Claim) -> None:
@@ -1103,8 +1103,8 @@ async def test_core_passes_the_claim_and_reserves_transactions() -> None:
 
     with pytest.raises(TypeError, match="pass_claim"):
         fake_consumer(one_arg, pass_claim=True)
-    with pytest.raises(NotImplementedError, match="inbox"):
-        fake_consumer(one_arg, transaction=lambda claim: contextlib.nullcontext())
+    with pytest.raises(ValueError, match="pass_claim"):
+        fake_consumer(handle, pass_claim=True, transaction=contextlib.nullcontext)
 
 
 async def test_core_cancellation_releases_the_claim() -> None:

@@ -198,15 +198,17 @@ class Claim:
 
 
 class Transaction(Protocol):
-    """Reserved for the transactional inbox pattern (coming with the SQL-transactional API).
+    """Opens one database transaction for the transactional inbox: called with no argument,
+    returns an async context manager that yields a connection in a transaction and commits it
+    on a clean exit (rolls it back on an exception). A psycopg_pool ``AsyncConnectionPool``'s
+    ``pool.connection`` is exactly that; so is SQLAlchemy's ``async_sessionmaker.begin``.
 
-    It will be called with the :class:`Claim` and return an async context manager around the
-    handler: the handler's writes and the completed record commit in one database transaction,
-    and the message is acked after that commit. Exactly-once effects inside that database, even
-    when the worker crashes between the effect and the record.
+    With it, the message's record is written in that transaction with the handler's writes
+    (the inbox pattern): both commit or neither does, and the message is acked after the
+    commit. Exactly-once effects inside that database, even when the worker crashes anywhere.
     """
 
-    def __call__(self, claim: Claim, /) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def __call__(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
 
 class ConsumerOptions(TypedDict, total=False):
@@ -272,7 +274,9 @@ class Consumer(Generic[M]):
     that delay (sooner replays of duplicates, but more redeliveries counted against
     ``max_deliveries``).
 
-    ``transaction``: reserved for the transactional inbox (coming); must be None.
+    ``transaction``: the transactional inbox (see :class:`Transaction`): the handler is called
+    with ``(message, connection)`` and its writes commit with the message's record; the store
+    must be the same PostgreSQL database (``postgresql://`` URL or store).
     """
 
     def __init__(
@@ -295,11 +299,10 @@ class Consumer(Generic[M]):
         pass_claim: bool = False,
         transaction: Transaction | None = None,
     ) -> None:
-        if transaction is not None:
-            raise NotImplementedError(
-                "transactional consumers (the inbox pattern: the record committed in the "
-                "handler's own database transaction) are coming with the SQL-transactional API; "
-                "pass transaction=None for now"
+        if transaction is not None and pass_claim:
+            raise ValueError(
+                "with transaction=, the handler is called with (message, connection): "
+                "pass_claim does not apply"
             )
         if not callable(handler):
             raise TypeError("handler must be an async callable")
@@ -325,7 +328,8 @@ class Consumer(Generic[M]):
         self.in_progress_delay = in_progress_delay
         self.keepalive = keepalive
         self.pass_claim = pass_claim
-        if pass_claim:
+        self.transaction = transaction
+        if pass_claim or transaction is not None:
             _check_arity(handler, 2)
         self._url: str | None = None
         self._store: AsyncStore | None = None
@@ -377,6 +381,9 @@ class Consumer(Generic[M]):
             )
         except Exception as exc:
             return await self._dead_letter(delivery, key, f"cannot fingerprint it: {exc}", exc)
+
+        if self.transaction is not None:
+            return await self._process_in_transaction(delivery, key, fp)
 
         engine = AsyncEngine(self.store)
         try:
@@ -505,6 +512,53 @@ class Consumer(Generic[M]):
             log.warning("idempo: %s: result of message %r not kept: too large", self.name, key)
         settled = await self._settle(delivery.ack(), "ack", key)
         return Result(Status.PROCESSED, key, value=value, attempt=attempt, settled=settled)
+
+    async def _process_in_transaction(self, delivery: Delivery[M], key: str, fp: str) -> Result:
+        """The inbox: claim, handler and record in one database transaction; ack after commit.
+
+        A concurrent delivery of the same message waits on the record's unique key inside the
+        database until this transaction ends, then replays. A crash before the commit rolls back
+        the handler's writes and the claim together, so the redelivery runs from scratch.
+        """
+        from idempo._async.transaction import AsyncTransaction
+        from idempo.idempotency import _bind_async
+
+        assert self.transaction is not None
+        attempt = delivery.attempt
+        handler = cast(Callable[[M, Any], Awaitable[Any]], self.handler)
+        try:
+            async with self.transaction() as conn:
+                tx = AsyncTransaction(
+                    lambda: _bind_async(self.store, conn),
+                    scope=self.name,
+                    key=key,
+                    fingerprint=fp,
+                    policy=self.policy,
+                )
+                async with tx:
+                    if not tx.replayed:
+                        tx.result = await handler(delivery.message, conn)
+        except KeyReuseError as exc:
+            return await self._dead_letter(
+                delivery, key, "its id was already used by a message with other content", exc
+            )
+        except InProgressError as exc:
+            # A record committed in progress (a standalone-mode claim on the same table).
+            settled = await self._settle(delivery.retry(exc.retry_after + _MIN_DELAY), "retry", key)
+            return Result(Status.DEFERRED, key, error=exc, attempt=attempt, settled=settled)
+        except Exception as exc:
+            # Rolled back: neither the handler's writes nor the record exist.
+            log.warning(
+                "idempo: %s: transaction for message %r rolled back", self.name, key, exc_info=True
+            )
+            if self._exhausted(attempt, after_failure=True):
+                return await self._dead_letter(
+                    delivery, key, f"handler failed on delivery {attempt}: {exc}", exc
+                )
+            return await self._retry(delivery, key, exc)
+        settled = await self._settle(delivery.ack(), "ack", key)
+        status = Status.REPLAYED if tx.replayed else Status.PROCESSED
+        return Result(status, key, value=tx.result, attempt=attempt, settled=settled)
 
     # -- helpers -----------------------------------------------------------------------------
 

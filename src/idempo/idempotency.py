@@ -232,6 +232,36 @@ class Idempotency:
             fingerprint=fingerprint_of(fingerprint),
         )
 
+    # -- message consumers -------------------------------------------------------------------
+
+    def consumer(
+        self,
+        handler: Callable[..., Any],
+        *,
+        name: str,
+        message_id: Callable[[Any], str],
+        **options: Any,
+    ) -> Any:
+        """A :class:`~idempo.consumer.Consumer` of ``handler`` over this object's async store,
+        with its TTL, lease and serializer. ``name`` is the queue or consumer group,
+        ``message_id`` reads a message's id; ``options`` as for Consumer (``transaction=`` for
+        the inbox pattern). Broker adapters: :mod:`idempo.consumers`."""
+        from idempo.consumer import Consumer
+
+        defaults = {
+            "ttl": self.policy.ttl,
+            "lease": self.policy.lease,
+            "serializer": self.policy.serializer,
+            "max_outcome_bytes": self.policy.max_outcome_bytes,
+        }
+        return Consumer(
+            handler,
+            store=self.async_store,
+            name=name,
+            message_id=message_id,
+            **{**defaults, **options},
+        )
+
     # -- the decorator -----------------------------------------------------------------------
 
     @overload
