@@ -31,8 +31,8 @@ never run again while its record lives (``ttl``); the ack is sent only after the
 committed, so a lost ack, a crash after ``complete`` or a duplicate publish all end in a replay.
 A crash *between* the handler's effect and ``complete`` leaves the claim to expire after
 ``lease`` seconds, and the redelivered message runs again: at-least-once for that window. The
-transactional inbox (the record written in the handler's own database transaction, so both
-commit or neither does) closes it; ``transaction=`` is reserved for it and not implemented yet.
+transactional inbox (``transaction=``: the record written in the handler's own PostgreSQL
+transaction, so both commit or neither does, and the ack after the commit) closes it.
 """
 
 from __future__ import annotations
@@ -170,8 +170,7 @@ class Claim:
     worker's last recorded phase, ``attempt`` the delivery count. :meth:`extend` renews the lease
     (the consumer does it by itself every ``lease / 3`` seconds unless ``keepalive=False``).
 
-    The transactional inbox (coming) will use the same object to write the completed record in
-    the handler's own database transaction.
+    With ``transaction=`` (the inbox) the handler gets its database connection instead.
     """
 
     scope: str
