@@ -45,10 +45,11 @@ def main(
         crash_if("after_charge_point")
         charge_id = ctx.results["charge"]["charge_id"]
         placeholder = "?" if db_kind == "sqlite" else "%s"
-        ctx.conn.execute(
-            f"INSERT INTO orders (order_id, charge_id) VALUES ({placeholder}, {placeholder})",
-            (ctx.key, charge_id),
-        )
+        sql = f"INSERT INTO orders (order_id, charge_id) VALUES ({placeholder}, {placeholder})"
+        if db_kind == "mysql":
+            ctx.conn.cursor().execute(sql, (ctx.key, charge_id))
+        else:
+            ctx.conn.execute(sql, (ctx.key, charge_id))
         crash_if("mid_local")
         return {"order": ctx.key, "charge_id": charge_id}
 
@@ -57,6 +58,12 @@ def main(
         conn: Any = sqlite3.connect(
             db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=10
         )
+    elif db_kind == "mysql":
+        import pymysql
+
+        from idempo.stores.mysql import _parse_url
+
+        conn = pymysql.connect(**_parse_url(db_url), autocommit=False)
     else:
         import psycopg
 

@@ -112,7 +112,14 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    "db",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
 @pytest.mark.parametrize("crash", CRASHES)
 def test_crash_at_every_point_charges_once(
     provider: str, tmp_path: Path, db: str, crash: str
@@ -126,6 +133,14 @@ def test_crash_at_every_point_charges_once(
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("CREATE TABLE orders (order_id TEXT, charge_id TEXT)")
         store, options, db_url = f"sqlite:///{path}", {}, f"sqlite:///{path}"
+    elif db == "mysql":
+        from tests.conftest import MYSQL_URL, require_service
+
+        require_service("mysql")
+        database = f"idempo_phases_{uuid.uuid4().hex[:8]}"  # a database of its own
+        mysql_exec(f"CREATE DATABASE `{database}`")
+        store = db_url = MYSQL_URL.rsplit("/", 1)[0] + "/" + database
+        options = {}
     else:
         store, options = store_url("postgres", tmp_path)
         db_url = POSTGRES_URL
@@ -137,6 +152,8 @@ def test_crash_at_every_point_charges_once(
                     f'CREATE TABLE "{options["schema"]}".orders (order_id text, charge_id text)'
                 )
             db_url = f"{POSTGRES_URL}?options=-csearch_path%3D{options['schema']}"
+        if db == "mysql":
+            mysql_exec(f"CREATE TABLE `{database}`.orders (order_id TEXT, charge_id TEXT)")
         args = [store, json.dumps(options), db, db_url, provider, key]
         killed = run([*args, crash])
         assert killed.returncode == -9, killed.stderr
@@ -148,10 +165,31 @@ def test_crash_at_every_point_charges_once(
         assert rows == [(key, result["charge_id"])]
     finally:
         if db == "postgres":
-            cleanup("postgres", options)
+            cleanup(db, options)
+        if db == "mysql":
+            mysql_exec(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def mysql_exec(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    import pymysql
+
+    from idempo.stores.mysql import _parse_url
+    from tests.conftest import MYSQL_URL
+
+    conn = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+    try:
+        cur = conn.cursor()
+        cur.execute(sql, params or None)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
+    finally:
+        conn.close()
 
 
 def order_rows(db: str, db_url: str, key: str) -> list[tuple[str, str]]:
+    if db == "mysql":
+        database = db_url.rsplit("/", 1)[1]
+        rows = mysql_exec(f"SELECT * FROM `{database}`.orders WHERE order_id = %s", key)
+        return rows  # type: ignore[return-value]
     if db == "sqlite":
         with sqlite3.connect(db_url.removeprefix("sqlite:///")) as c:
             return [tuple(r) for r in c.execute("SELECT * FROM orders WHERE order_id = ?", (key,))]  # type: ignore[misc]
