@@ -28,6 +28,7 @@ RULES: list[tuple[str, str]] = [
     (r"__aexit__", "__exit__"),
     (r"\baclose\b", "close"),
     (r"\bAwaitable\[(\w+)\]", r"\1"),
+    (r"\basynccontextmanager\b", "contextmanager"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncGenerator\b", "Generator"),
     (r"\bredis\.asyncio\b", "redis"),

@@ -30,10 +30,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from idempo._client_common import _parse_retry_after
 from idempo.client import (
     AsyncClient,
     Client,
-    _parse_retry_after,
     encode_key,
     retry_info,
     was_replayed,
@@ -563,7 +563,9 @@ def test_was_replayed() -> None:
 def test_importing_without_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without httpx, importing idempo.client says which extra to install."""
     monkeypatch.setitem(sys.modules, "httpx", None)
-    monkeypatch.delitem(sys.modules, "idempo.client")
+    for module in ("idempo.client", "idempo._async.client", "idempo._sync.client"):
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.delitem(sys.modules, "idempo._client_common")
     with pytest.raises(ImportError, match=r"pip install 'idempo\[client\]'"):
         importlib.import_module("idempo.client")
 
