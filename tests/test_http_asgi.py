@@ -465,3 +465,50 @@ def test_body_that_is_not_strict_json_is_no_error(service: tuple[str, Effects]) 
         two = c.post("/echo", content=b'{"amount": NaN, "s": "\\ud800"}', headers=headers)
     assert one.status_code == 200
     assert two.headers["idempotent-replayed"] == "true"
+
+
+async def test_client_gone_mid_stream_refuses_the_retry() -> None:
+    """The handler answered 201 and was streaming when the client went away (sending fails):
+    the key keeps a not-stored marker, so the retry gets 409 and the handler runs once."""
+    from idempo.stores.memory import AsyncMemoryStore
+
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"part 1", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part 2", "more_body": False})
+
+    middleware = IdempotencyMiddleware(app, store=AsyncMemoryStore())
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/charges",
+        "headers": [(b"idempotency-key", b'"gone"')],
+        "query_string": b"",
+    }
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent: list[Any] = []
+
+    async def flaky_send(message: Any) -> None:
+        if message.get("body") == b"part 1":
+            raise OSError("connection reset by peer")
+        sent.append(message)
+
+    with pytest.raises(OSError, match="reset"):
+        await middleware(scope, receive, flaky_send)
+
+    retry: list[Any] = []
+
+    async def send(message: Any) -> None:
+        retry.append(message)
+
+    await middleware(scope, receive, send)
+    assert retry[0]["status"] == 409
+    assert b"not delivered in full" in retry[1]["body"]
+    assert runs == [1]

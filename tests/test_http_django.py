@@ -340,15 +340,17 @@ def test_streaming_response_over_the_limit_is_served_once_then_refused(
     assert small_again.content == b"x" * 4000
 
 
-def test_streaming_response_not_read_to_its_end_keeps_nothing(service: Effects) -> None:
-    """A streamed body closed before its end (the client went away) releases the key."""
+def test_streaming_response_not_read_to_its_end_refuses_the_retry(service: Effects) -> None:
+    """A streamed body closed before its end (the client went away after the view answered):
+    the retry gets 409 problem+json, and the view does not run twice."""
     c = Client()
     first = c.post("/stream?size=4000", headers=k("cut"))
     next(iter(first.streaming_content))
     first.close()
     again = c.post("/stream?size=4000", headers=k("cut"))
-    assert b"".join(again.streaming_content) == b"x" * 4000
-    assert service.by_key['"cut"'] == 2
+    assert again.status_code == 409
+    assert "not delivered in full" in again.json()["detail"]
+    assert service.by_key['"cut"'] == 1
 
 
 def test_request_body_reaches_the_view_intact(service: Effects) -> None:

@@ -626,9 +626,10 @@ def test_exc_info_replaces_the_status_before_the_body() -> None:
     assert len(runs) == 2
 
 
-def test_body_closed_early_keeps_nothing() -> None:
-    """A server that stops iterating (the client went away) and closes the body: the body's
-    close() runs and the key is released; a body never iterated is released too."""
+def test_body_closed_early_refuses_the_retry() -> None:
+    """A server that stops iterating (the client went away after the handler answered 200)
+    closes the body: its close() runs, and the key keeps a not-stored marker, so the retry gets
+    409 instead of running the handler twice. A body never iterated is treated the same."""
     runs: list[Body] = []
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -650,11 +651,19 @@ def test_body_closed_early_keeps_nothing() -> None:
     result.close()
     result.close()  # twice is harmless
     assert runs[0].closed == 1
-    assert len(backing) == 0
-    never: Any = middleware(dict(env, **{"wsgi.input": io.BytesIO()}), lambda *a: None)
+    statuses: list[str] = []
+    retry: Any = middleware(dict(env), lambda status, headers, exc=None: statuses.append(status))
+    b"".join(retry)
+    assert statuses == ["409 Conflict"]
+    assert len(runs) == 1  # the handler did not run again
+    never: Any = middleware(
+        dict(env, HTTP_IDEMPOTENCY_KEY="never", **{"wsgi.input": io.BytesIO()}), lambda *a: None
+    )
     never.close()
     assert runs[1].closed == 1
-    assert len(backing) == 0
+    record = backing.get("anonymous", "never")
+    assert record is not None
+    assert record.state == "completed"
 
 
 def test_incomplete_body_claims_nothing() -> None:

@@ -206,7 +206,8 @@ def test_stale_holder_is_fenced(idem: Idempotency) -> None:
     c = Counter()
     taken_over = threading.Event()
 
-    @idem.idempotent(key=lambda x: x, lease=0.3)
+    # heartbeat=False: the first call stalls as a paused process would, renewing nothing.
+    @idem.idempotent(key=lambda x: x, lease=0.3, heartbeat=False)
     def op(x: str) -> int:
         n = c.bump()
         if n == 1:
@@ -428,4 +429,45 @@ async def test_async_wait_replays_first_result(aidem: Idempotency) -> None:
 
     a, b = await asyncio.gather(op("k"), op("k"))
     assert a == b == 1
+    assert c.calls == 1
+
+
+def test_heartbeat_keeps_a_slow_call_from_being_taken_over(idem: Idempotency) -> None:
+    """A live call longer than its lease keeps renewing it: a duplicate during that time is
+    refused (in progress), never run, and the first call's result is kept."""
+    c = Counter()
+
+    @idem.idempotent(key=lambda x: x, lease=0.3)
+    def slow(x: str) -> int:
+        n = c.bump()
+        if n == 1:
+            time.sleep(1.0)  # more than three leases
+        return n
+
+    first = threading.Thread(target=slow, args=("k",))
+    first.start()
+    time.sleep(0.7)  # the lease would have run out twice without the heartbeat
+    with pytest.raises(InProgressError):
+        slow("k")
+    first.join(10)
+    assert slow("k") == 1
+    assert c.calls == 1
+
+
+async def test_async_heartbeat_keeps_a_slow_call(aidem: Idempotency) -> None:
+    """async def: the lease is renewed by a task while the call runs."""
+    c = Counter()
+
+    @aidem.idempotent(key=lambda x: x, lease=0.3)
+    async def slow(x: str) -> int:
+        n = c.bump()
+        if n == 1:
+            await asyncio.sleep(1.0)
+        return n
+
+    task = asyncio.create_task(slow("k"))
+    await asyncio.sleep(0.7)
+    with pytest.raises(InProgressError):
+        await slow("k")
+    assert await task == 1
     assert c.calls == 1

@@ -30,6 +30,7 @@ from idempo.core.http import (
     problem,
     read_stored,
     record_for,
+    record_for_abandoned,
     replay_headers,
 )
 from idempo.core.keys import validate_scope
@@ -211,30 +212,47 @@ class IdempotencyMiddleware:
                         for k, v in message.get("headers", [])
                     ],
                 )
-                await send(message)
+                await forward(message)
                 return
             if message["type"] != "http.response.body":
-                await send(message)
+                await forward(message)
                 return
             capture.add(message.get("body", b""))
             if message.get("more_body", False):
-                await send(message)
+                await forward(message)
                 return
             # The last chunk: record the outcome before the client can see the end of the
             # response, so that a client that got it and retries is replayed.
             await engine.settle(principal, key, token, record_for(config, capture), ttl=ttl)
             capture.finished = True
-            await send(message)
+            await forward(message)
+
+        async def forward(message: Message) -> None:
+            try:
+                await send(message)
+            except BaseException:
+                capture.client_gone = True
+                raise
+
+        async def abandon() -> None:
+            # The response stopped short. If the client went away after the handler answered,
+            # its work is done: refuse a retry rather than run it twice (record_for_abandoned).
+            # If the handler itself failed, release the key so that a retry runs again.
+            data = record_for_abandoned(config, capture) if capture.client_gone else None
+            await engine.settle(principal, key, token, data, ttl=ttl)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            async with engine.heartbeat(principal, key, token, self.policy):
+                await self.app(scope, receive, send_wrapper)
         except BaseException:
             if not capture.finished:
-                await self.engine.release_quietly(principal, key, token)
+                await abandon()
             raise
         if not capture.finished:
-            # The app returned without completing its response: nothing to keep.
-            await self.engine.release_quietly(principal, key, token)
+            # Returned without finishing the response: the app stopped streaming because the
+            # client went away (Starlette's StreamingResponse does), or never answered.
+            capture.client_gone = capture.client_gone or capture.started
+            await abandon()
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:

@@ -52,7 +52,7 @@ from idempo.core import outcome as outcomes
 from idempo.core.decide import Replay
 from idempo.core.fingerprint import fingerprint as make_fingerprint
 from idempo.core.keys import validate_key, validate_scope
-from idempo.core.outcome import Serializer
+from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
 from idempo.errors import (
     IdempoError,
@@ -316,7 +316,7 @@ class Consumer(Generic[M]):
             lease=lease,
             wait=wait,
             max_outcome_bytes=max_outcome_bytes,
-            **({"serializer": serializer} if serializer is not None else {}),
+            serializer=serializer if serializer is not None else JSONSerializer(),
         )
         if max_deliveries is not None and max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1 or None, not {max_deliveries!r}")

@@ -31,6 +31,7 @@ options; :func:`close_stores` closes them (at shutdown, or at the end of a test 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -57,6 +58,7 @@ from idempo.core.http import (
     problem,
     read_stored,
     record_for,
+    record_for_abandoned,
     replay_headers,
 )
 from idempo.core.keys import validate_scope
@@ -235,20 +237,26 @@ class IdempotencyMiddleware:
     def _execute(
         self, request: HttpRequest, principal: str, key: str, token: str
     ) -> HttpResponseBase:
-        def release() -> None:
-            self.engine.release_quietly(principal, key, token)
+        capture = ResponseCapture(self.config.max_response_bytes)
+        # Renew the lease while the view runs and its body streams (see idempo.wsgi).
+        beat = self.engine.heartbeat(principal, key, token, self.policy)
+        beat.__enter__()
+
+        def settle() -> None:
+            beat.__exit__(None, None, None)
+            data = record_for(self.config, capture)
+            self.engine.settle(principal, key, token, data, ttl=self.policy.ttl)
+
+        def release(client_gone: bool) -> None:
+            beat.__exit__(None, None, None)
+            data = record_for_abandoned(self.config, capture) if client_gone else None
+            self.engine.settle(principal, key, token, data, ttl=self.policy.ttl)
 
         try:
             response = self.get_response(request)
         except BaseException:
-            release()
+            release(False)
             raise
-        capture = ResponseCapture(self.config.max_response_bytes)
-
-        def settle() -> None:
-            data = record_for(self.config, capture)
-            self.engine.settle(principal, key, token, data, ttl=self.policy.ttl)
-
         try:
             capture.start(response.status_code, [(k, str(v)) for k, v in response.items()])
             if not response.streaming:
@@ -261,14 +269,15 @@ class IdempotencyMiddleware:
                     response.streaming_content, capture, settle=settle, release=release
                 )
             else:
-                # Kept before its last chunk leaves; released if it never gets there (the
-                # client went away: response.close() closes the wrapper). A FileResponse is
-                # then iterated too, not handed to wsgi.file_wrapper, so that it is captured.
+                # Kept when it runs to its end; if it never gets there (the client went away:
+                # response.close() closes the wrapper) a retry is refused, not run twice. A
+                # FileResponse is then iterated too, not handed to wsgi.file_wrapper, so that
+                # it is captured.
                 response.streaming_content = RecordingIterable(
                     response.streaming_content, capture, settle=settle, release=release
                 )
         except BaseException:
-            release()
+            release(False)
             raise
         return response
 
@@ -278,25 +287,26 @@ async def _recording_async(
     capture: ResponseCapture,
     *,
     settle: Callable[[], None],
-    release: Callable[[], None],
+    release: Callable[[bool], None],
 ) -> AsyncIterator[bytes]:
-    """:class:`~idempo.wsgi.RecordingIterable` for an async streaming body: one chunk behind,
-    kept before the last one; the store is called from a thread."""
+    """:class:`~idempo.wsgi.RecordingIterable` for an async streaming body: chunks handed on
+    at once, kept at the end; the store is called from a thread."""
     settled = False
+    client_gone = True  # stopped from outside (closed, cancelled) unless the body raised
     try:
-        held: bytes | None = None
         async for chunk in body:
             capture.add(chunk)
-            if held is not None:
-                yield held
-            held = chunk
-        await sync_to_async(settle, thread_sensitive=False)()
+            yield chunk
         settled = True
-        if held is not None:
-            yield held
+        await sync_to_async(settle, thread_sensitive=False)()
+    except (GeneratorExit, asyncio.CancelledError):
+        raise
+    except BaseException:
+        client_gone = False
+        raise
     finally:
         if not settled:
-            await sync_to_async(release, thread_sensitive=False)()
+            await sync_to_async(release, thread_sensitive=False)(client_gone)
 
 
 def _route(rule: Route | Mapping[str, Any]) -> Route:

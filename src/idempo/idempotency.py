@@ -11,6 +11,7 @@ generated from the async one), whose decisions live in :mod:`idempo.core`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sqlite3
@@ -27,7 +28,7 @@ from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
 from idempo.core.fingerprint import bind_call, fingerprint
 from idempo.core.keys import validate_key, validate_scope
-from idempo.core.outcome import Serializer
+from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
 from idempo.stores import open_async_store, open_store
 from idempo.stores.base import AsyncStore, Store
@@ -55,6 +56,8 @@ class Idempotency:
 
     ``ttl``: seconds a completed result is replayed. ``lease``: seconds one execution may hold
     a key before another call may take it over (make it longer than the operation takes).
+    ``heartbeat``: renew the lease every ``lease / 3`` seconds while a call runs (default), so
+    that ``lease`` bounds how long a *crashed* call blocks its key, not how long a call may take.
     ``wait``: seconds a duplicate call waits for an in-flight first call before raising
     :class:`~idempo.errors.InProgressError` (0: raise at once). ``serializer``: how results are
     kept (JSON by default). ``max_outcome_bytes``: larger results are returned once but not
@@ -70,14 +73,16 @@ class Idempotency:
         wait: float = 0.0,
         serializer: Serializer | None = None,
         max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES,
+        heartbeat: bool = True,
         store_options: dict[str, Any] | None = None,
     ) -> None:
         self.policy = Policy(
+            heartbeat=heartbeat,
             ttl=ttl,
             lease=lease,
             wait=wait,
             max_outcome_bytes=max_outcome_bytes,
-            **({"serializer": serializer} if serializer is not None else {}),
+            serializer=serializer if serializer is not None else JSONSerializer(),
         )
         self._url: str | None = None
         self._sync_store: Store | None = None
@@ -280,6 +285,7 @@ class Idempotency:
         ttl: float | None = None,
         lease: float | None = None,
         wait: float | None = None,
+        heartbeat: bool | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
     def idempotent(
@@ -294,6 +300,7 @@ class Idempotency:
         ttl: float | None = None,
         lease: float | None = None,
         wait: float | None = None,
+        heartbeat: bool | None = None,
     ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
         """Make ``fn`` idempotent: the first call with a key runs it and keeps its result; a
         repeat returns that result without running it.
@@ -305,12 +312,14 @@ class Idempotency:
         all arguments); reusing a key with another fingerprint raises KeyReuseError.
         ``name``: the operation's name in the store (default ``module.qualname``); two functions
         never share records, and renaming a function would orphan its records unless ``name``
-        pins it. ``ttl``, ``lease``, ``wait``: override the defaults.
+        pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``: override the defaults.
         """
         overrides = {
             k: v for k, v in {"ttl": ttl, "lease": lease, "wait": wait}.items() if v is not None
         }
         policy = _replace_policy(self.policy, overrides)
+        if heartbeat is not None:
+            policy = dataclasses.replace(policy, heartbeat=heartbeat)
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             op = _Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
@@ -373,6 +382,7 @@ def _replace_policy(policy: Policy, overrides: dict[str, float]) -> Policy:
         wait=overrides.get("wait", policy.wait),
         serializer=policy.serializer,
         max_outcome_bytes=policy.max_outcome_bytes,
+        heartbeat=policy.heartbeat,
     )
 
 

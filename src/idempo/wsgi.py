@@ -40,6 +40,7 @@ from idempo.core.http import (
     problem,
     read_stored,
     record_for,
+    record_for_abandoned,
     replay_headers,
 )
 from idempo.core.keys import validate_scope
@@ -199,17 +200,25 @@ class IdempotencyMiddleware:
 
             return capturing_write
 
+        # Renew the lease while the app runs and its body streams: a slow handler is not
+        # taken over; only a crashed one's claim runs out.
+        beat = self.engine.heartbeat(principal, key, token, self.policy)
+        beat.__enter__()
+
         def settle() -> None:
+            beat.__exit__(None, None, None)
             data = record_for(self.config, capture)
             self.engine.settle(principal, key, token, data, ttl=self.policy.ttl)
 
-        def release() -> None:
-            self.engine.release_quietly(principal, key, token)
+        def release(client_gone: bool) -> None:
+            beat.__exit__(None, None, None)
+            data = record_for_abandoned(self.config, capture) if client_gone else None
+            self.engine.settle(principal, key, token, data, ttl=self.policy.ttl)
 
         try:
             app_iter = self.app(environ, capturing_start_response)
         except BaseException:
-            release()
+            release(False)
             raise
         if isinstance(app_iter, list | tuple):
             # Already complete (start_response has been called): keep it now and hand the
@@ -222,13 +231,15 @@ class IdempotencyMiddleware:
 
 
 class RecordingIterable:
-    """A response body on its way to the server: captured chunk by chunk and kept (``settle``)
-    before its last chunk is handed on, so a client that got the whole body and retries is
-    replayed. A body that does not run to its end (an error, a client gone, ``close()`` before
-    the end) keeps nothing: ``release`` frees the key, and a retry executes again.
+    """A response body on its way to the server, captured chunk by chunk and kept (``settle``)
+    when it runs to its end, before the server finishes the response.
 
-    Chunks are handed on one behind: the last one is only known as such when the next read
-    finds the end. ``close()`` closes the wrapped iterable (PEP 3333) and is safe to call twice.
+    Chunks are handed on at once (a server-sent event or a token stream is never held back).
+    A body that stops short calls ``release(client_gone)``: ``client_gone`` is True when the
+    server closed it early (the client went away after the handler answered: the key keeps a
+    not-stored marker, so a retry is refused rather than run twice), False when the body
+    itself raised (the handler failed: the key is freed and a retry runs). ``close()`` closes
+    the wrapped iterable (PEP 3333) and is safe to call twice.
     """
 
     def __init__(
@@ -237,7 +248,7 @@ class RecordingIterable:
         capture: ResponseCapture,
         *,
         settle: Callable[[], None],
-        release: Callable[[], None],
+        release: Callable[[bool], None],
     ) -> None:
         self._body = body
         self._capture = capture
@@ -252,24 +263,22 @@ class RecordingIterable:
 
     def _run(self) -> Generator[bytes, None, None]:
         try:
-            held: bytes | None = None
             for chunk in self._body:
                 self._capture.add(chunk)
-                if held is not None:
-                    yield held
-                held = chunk
-            self._settle()
-            self._settled = True
-            if held is not None:
-                yield held
-        except BaseException:
-            self._abandon()
+                yield chunk
+        except GeneratorExit:
+            self._abandon(client_gone=True)  # the server stopped asking: the client is gone
             raise
+        except BaseException:
+            self._abandon(client_gone=False)
+            raise
+        self._settled = True
+        self._settle()
 
-    def _abandon(self) -> None:
+    def _abandon(self, *, client_gone: bool) -> None:
         if not self._settled:
             self._settled = True
-            self._release()
+            self._release(client_gone)
 
     def close(self) -> None:
         if self._closed:
@@ -283,7 +292,8 @@ class RecordingIterable:
                 if close is not None:
                     close()
             finally:
-                self._abandon()  # never iterated, or iterated only in part
+                # Closed before the end (or never iterated): the server gave up on it.
+                self._abandon(client_gone=True)
 
 
 def request_path(environ: WSGIEnvironment) -> str:

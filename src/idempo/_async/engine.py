@@ -8,13 +8,15 @@ Round trips: a new key costs two (claim, complete); a replay or a refused duplic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from idempo._primitives import async_sleep
+from idempo._primitives import async_periodic, async_sleep
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.policy import Policy
@@ -75,7 +77,8 @@ class AsyncEngine:
         if decision.takeover:
             log.warning("idempo: took over the expired claim of %r/%r", scope, key)
         try:
-            value = await call()
+            async with self.heartbeat(scope, key, token, policy):
+                value = await call()
         except BaseException:
             # A failure is not kept: free the key so that a retry runs the operation again.
             await self.release_quietly(scope, key, token)
@@ -93,6 +96,18 @@ class AsyncEngine:
         if not encoded.stored:
             log.warning("idempo: result of %r/%r not kept: too large", scope, key)
         return value
+
+    def heartbeat(
+        self, scope: str, key: str, token: str, policy: Policy
+    ) -> AbstractAsyncContextManager[None]:
+        """Renew the claim's lease every ``lease / 3`` seconds while the block runs (if the
+        policy asks for it), so that a live operation longer than its lease is not taken over;
+        only a crashed holder's claim runs out."""
+        if not policy.heartbeat:
+            return contextlib.nullcontext()
+        return async_periodic(
+            lambda: self.store.extend(scope, key, token, lease=policy.lease), policy.lease / 3
+        )
 
     def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
         value = outcomes.decode(policy.serializer, data)

@@ -9,13 +9,15 @@ Round trips: a new key costs two (claim, complete); a replay or a refused duplic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo._primitives import sync_sleep
+from idempo._primitives import sync_periodic, sync_sleep
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.policy import Policy
@@ -76,7 +78,8 @@ class Engine:
         if decision.takeover:
             log.warning("idempo: took over the expired claim of %r/%r", scope, key)
         try:
-            value = call()
+            with self.heartbeat(scope, key, token, policy):
+                value = call()
         except BaseException:
             # A failure is not kept: free the key so that a retry runs the operation again.
             self.release_quietly(scope, key, token)
@@ -94,6 +97,18 @@ class Engine:
         if not encoded.stored:
             log.warning("idempo: result of %r/%r not kept: too large", scope, key)
         return value
+
+    def heartbeat(
+        self, scope: str, key: str, token: str, policy: Policy
+    ) -> AbstractContextManager[None]:
+        """Renew the claim's lease every ``lease / 3`` seconds while the block runs (if the
+        policy asks for it), so that a live operation longer than its lease is not taken over;
+        only a crashed holder's claim runs out."""
+        if not policy.heartbeat:
+            return contextlib.nullcontext()
+        return sync_periodic(
+            lambda: self.store.extend(scope, key, token, lease=policy.lease), policy.lease / 3
+        )
 
     def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
         value = outcomes.decode(policy.serializer, data)

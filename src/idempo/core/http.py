@@ -36,6 +36,7 @@ __all__ = [
     "problem",
     "read_stored",
     "record_for",
+    "record_for_abandoned",
     "replay_headers",
 ]
 
@@ -297,11 +298,14 @@ class ResponseCapture:
         self.headers: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
         self.size = 0
-        self.finished = False
+        self.started = False  # the status line went out: the handler has answered
+        self.finished = False  # the outcome was settled (kept or released)
+        self.client_gone = False  # sending to the client failed
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = int(status)
         self.headers = headers
+        self.started = True
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -321,6 +325,20 @@ def record_for(config: HttpConfig, capture: ResponseCapture) -> bytes | None:
         return outcomes.encode_not_stored(reason)
     encoded = encode_response(capture.status, capture.headers, b"".join(capture.chunks))
     return outcomes.encode_value(RESPONSE_SERIALIZER, encoded)
+
+
+def record_for_abandoned(config: HttpConfig, capture: ResponseCapture) -> bytes | None:
+    """What to store when a response stopped before its end because the client went away.
+
+    If the handler had already answered with a status worth keeping, its work is done: keep a
+    not-stored marker, so that the retry is refused (409) instead of running the handler a
+    second time. Otherwise (no answer yet, or an answer never kept) release the key (None).
+    """
+    if not capture.started or not config.keeps(capture.status):
+        return None
+    return outcomes.encode_not_stored(
+        "the response was not delivered in full (the client went away while it was sent)"
+    )
 
 
 def read_stored(data: bytes, *, key: str, scope: str) -> StoredResponse:

@@ -20,6 +20,9 @@ class Policy:
     wait: float = 0.0  # how long a duplicate waits for an in-flight first call (0: refuse)
     serializer: Serializer = field(default_factory=JSONSerializer)
     max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES  # larger results are not kept
+    # Renew the lease every lease/3 while the operation runs: the lease then bounds how long a
+    # *crashed* holder blocks its key, not how long a live operation may take.
+    heartbeat: bool = True
 
     def __post_init__(self) -> None:
         if not self.ttl > 0:
