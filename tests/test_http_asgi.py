@@ -512,3 +512,46 @@ async def test_client_gone_mid_stream_refuses_the_retry() -> None:
     assert retry[0]["status"] == 409
     assert b"not delivered in full" in retry[1]["body"]
     assert runs == [1]
+
+
+def test_cookie_sessions_need_a_scope_function(tmp_path: Path) -> None:
+    """Cookie-only sessions: with scope= keyed on the session cookie, two sessions with the
+    same key and body each run their own request and never see the other's response."""
+
+    def by_session(headers: Any) -> str:
+        cookies = dict(
+            part.strip().split("=", 1)
+            for part in headers.get("cookie", "").split(";")
+            if "=" in part
+        )
+        return "session:" + cookies.get("sid", "none")
+
+    effects = Effects()
+    app = make_app(effects)
+    app.add_middleware(IdempotencyMiddleware, store="memory://", scope=by_session)
+    with serve(app) as base:
+        with httpx.Client(base_url=base) as c:
+            a = c.post("/charges", json={"amount": 1}, headers={**k("c1"), "Cookie": "sid=alice"})
+        with httpx.Client(base_url=base) as c:
+            b = c.post("/charges", json={"amount": 1}, headers={**k("c1"), "Cookie": "sid=bob"})
+            b2 = c.post("/charges", json={"amount": 1}, headers={**k("c1"), "Cookie": "sid=bob"})
+    assert "idempotent-replayed" not in b.headers
+    assert a.json()["execution"] == 1
+    assert b.json()["execution"] == 2
+    assert b2.json() == b.json()
+
+
+def test_scope_hash_is_keyed_by_the_secret() -> None:
+    """The stored scope is an HMAC of the credentials: without the secret it cannot be
+    recomputed from a guessed password; the same secret gives the same scope everywhere."""
+    import hashlib
+
+    from idempo.core.http import scope_from_credentials
+
+    headers = {"authorization": "Basic dXNlcjpzdW1tZXIyMDI0"}
+    one = scope_from_credentials("s3cret")(headers)
+    assert one == scope_from_credentials(b"s3cret")(headers)
+    assert one != scope_from_credentials("other")(headers)
+    unkeyed = hashlib.sha256(headers["authorization"].encode()).hexdigest()[:40]
+    assert one != f"principal:{unkeyed}"
+    assert scope_from_credentials("s3cret")({}) == "anonymous"

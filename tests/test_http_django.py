@@ -465,3 +465,20 @@ async def test_async_streaming_response_is_captured() -> None:
     assert again.content == b"y" * 4000
     assert big_again.status_code == 409
     assert EFFECTS.by_key == {'"as"': 1, '"abig"': 1}
+
+
+def test_session_cookie_users_are_separate_principals(service: Effects) -> None:
+    """Django's default scope keys cookie-only requests on the session cookie: two sessions
+    with the same key and body each run; another cookie set in between changes nothing."""
+    alice, bob = Client(), Client()
+    alice.cookies["sessionid"] = "alice-session"
+    bob.cookies["sessionid"] = "bob-session"
+    body = {"amount": 10}
+    a = alice.post("/charges", body, content_type="application/json", headers=k("s1"))
+    b = bob.post("/charges", body, content_type="application/json", headers=k("s1"))
+    alice.cookies["tracking"] = "changed"
+    a2 = alice.post("/charges", body, content_type="application/json", headers=k("s1"))
+    assert a.json() != b.json()
+    assert a2.json() == a.json()
+    assert a2.headers["Idempotent-Replayed"] == "true"
+    assert service.by_key['"s1"'] == 2

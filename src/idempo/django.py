@@ -158,7 +158,9 @@ class IdempotencyMiddleware:
                 raise TypeError(f"scope must be a callable or its dotted path, not {scope!r}")
         except (TypeError, ValueError, ImportError) as exc:
             raise ImproperlyConfigured(f"settings.IDEMPO: {exc}") from exc
-        self._scope_fn: Callable[[Mapping[str, str]], str] = scope or default_scope
+        self._scope_fn: Callable[[Mapping[str, str]], str] = scope or _session_scope(
+            str(getattr(settings, "SESSION_COOKIE_NAME", "sessionid"))
+        )
         store = options.get("store", "sqlite:///idempo.db")
         if isinstance(store, str):
             store = shared_store(store, options.get("store_options") or {})
@@ -338,3 +340,20 @@ def problem_response(
     for name, value in headers:
         response[name] = value
     return response
+
+
+def _session_scope(cookie_name: str) -> Callable[[Mapping[str, str]], str]:
+    """Django's default scope: the credential headers (:func:`default_scope`), else the
+    session cookie alone (hashed), so that session users never share a namespace and other
+    cookies a response sets do not move a retry into another scope."""
+
+    def scope(headers: Mapping[str, str]) -> str:
+        if headers.get("authorization") or headers.get("x-api-key"):
+            return default_scope(headers)
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == cookie_name and value:
+                return default_scope({"authorization": f"session {value}"})
+        return "anonymous"
+
+    return scope

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
+import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +41,10 @@ __all__ = [
     "record_for",
     "record_for_abandoned",
     "replay_headers",
+    "scope_from_credentials",
 ]
+
+log = logging.getLogger("idempo")
 
 DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 
@@ -167,17 +173,51 @@ def _parse_sf_string(raw: str) -> str:
     raise InvalidKeyError("malformed Idempotency-Key: unterminated quoted string")
 
 
-def default_scope(headers: Mapping[str, str]) -> str:
-    """The namespace of a request: a hash of its credentials, never the credentials themselves.
+def scope_from_credentials(secret: str | bytes = b"") -> Callable[[Mapping[str, str]], str]:
+    """A ``scope=`` function: the namespace of a request is a keyed hash of its credentials
+    (``Authorization`` and ``X-API-Key``), never the credentials themselves.
 
-    ``Authorization`` (and ``X-API-Key``) identify the principal; requests without them share
-    the anonymous scope. Pass ``scope=`` for cookie sessions or to name tenants yourself.
+    With a ``secret`` (shared by every process of the deployment), a stored scope cannot be
+    brute-forced offline into, say, a Basic-auth password. Requests without credentials share
+    the ``anonymous`` scope: **an app whose users are identified by a session cookie must pass
+    ``scope=``** keyed on the session id (the Django middleware does so by default). The whole
+    Cookie header is not used: a response that sets any cookie would move the client's retry
+    into another scope, where it would run again. A warning is logged once when cookie-only
+    requests fall into the anonymous scope.
     """
-    credentials = [headers.get("authorization", ""), headers.get("x-api-key", "")]
-    if not any(credentials):
-        return "anonymous"
-    digest = hashlib.sha256("\x00".join(credentials).encode()).hexdigest()
-    return f"principal:{digest[:40]}"
+    key = secret.encode() if isinstance(secret, str) else bytes(secret)
+
+    warned = False
+
+    def scope(headers: Mapping[str, str]) -> str:
+        nonlocal warned
+        credentials = [headers.get("authorization", ""), headers.get("x-api-key", "")]
+        if not any(credentials):
+            if headers.get("cookie") and not warned:
+                # Cookies are not hashed by default: any response that sets one would move the
+                # client's retry into another scope, where it runs again. Say so once.
+                warned = True
+                log.warning(
+                    "idempo: requests with cookies but no Authorization/X-API-Key share the "
+                    "anonymous scope; for cookie sessions pass scope= (e.g. the session id)"
+                )
+            return "anonymous"
+        message = "\x00".join(credentials).encode("utf-8", "surrogateescape")
+        return "principal:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:40]
+
+    return scope
+
+
+def default_scope(headers: Mapping[str, str]) -> str:
+    """The default ``scope=``: :func:`scope_from_credentials` keyed with the
+    ``IDEMPO_SCOPE_SECRET`` environment variable (set it in production; see that function)."""
+    global _default_scope_fn
+    if _default_scope_fn is None:
+        _default_scope_fn = scope_from_credentials(os.environ.get("IDEMPO_SCOPE_SECRET", ""))
+    return _default_scope_fn(headers)
+
+
+_default_scope_fn: Callable[[Mapping[str, str]], str] | None = None
 
 
 def _json_number(text: str) -> float | int:
