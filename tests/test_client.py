@@ -232,9 +232,27 @@ def test_get_carries_no_key_unless_asked() -> None:
 # --- what is retried -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
+def in_flight() -> httpx.Response:
+    return httpx.Response(409, headers={"Retry-After": "0"}, json={"title": "in progress"})
+
+
+def test_409_in_flight_is_retried_a_final_409_is_not() -> None:
+    """A 409 with Retry-After (the request is still in flight) is retried with the same key; a
+    409 without it (e.g. "the first response was not kept") is final: one attempt."""
+    rec = Recorder(in_flight(), in_flight(), 201)
+    with client(rec) as c:
+        assert c.post("/a").status_code == 201
+    assert len(rec.requests) == 3
+    assert len(set(rec.keys)) == 1
+    final = Recorder(409, 201)
+    with client(final) as c:
+        assert c.post("/a").status_code == 409
+    assert len(final.requests) == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried(status: int) -> None:
-    """409 (in flight), 429, 503 and other transient statuses are retried with the same key."""
+    """429, 503 and other transient statuses are retried with the same key."""
     rec = Recorder(status, status, 201)
     with client(rec) as c:
         response = c.post("/a")
@@ -581,7 +599,7 @@ def test_client_is_an_httpx_client() -> None:
 
 async def test_async_same_key_across_retries() -> None:
     """AsyncClient: one key for all attempts of a POST; info on the response."""
-    rec = Recorder(503, httpx.ReadTimeout("slow"), 409, 201)
+    rec = Recorder(503, httpx.ReadTimeout("slow"), in_flight(), 201)
     async with async_client(rec) as c:
         assert isinstance(c, httpx.AsyncClient)
         response = await c.post("/a", json={"x": 1})

@@ -302,6 +302,10 @@ class _Policy:
         if status not in self.retry_statuses or (status == 409 and plan.key is None):
             return
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        if status == 409 and retry_after is None:
+            # "Still in flight" comes with Retry-After (the draft's, and idempo's, answer); a
+            # 409 without it is a final conflict (e.g. "the first response was not kept").
+            return
         wait = None if retry_after is None else min(self.wait_max, max(retry_after, next_wait))
         raise _RetryableResponse(response, wait)
 
