@@ -63,7 +63,11 @@ def main(
 
         from idempo.stores.mysql import _parse_url
 
-        conn = pymysql.connect(**_parse_url(db_url), autocommit=False)
+        conn = pymysql.connect(
+            **_parse_url(db_url),
+            autocommit=False,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
     else:
         import psycopg
 

@@ -352,7 +352,11 @@ def maria_connect() -> Any:
     from idempo.stores.mysql import _parse_url
     from tests.conftest import MYSQL_URL
 
-    return pymysql.connect(**_parse_url(MYSQL_URL), autocommit=False)
+    return pymysql.connect(
+        **_parse_url(MYSQL_URL),
+        autocommit=False,
+        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    )
 
 
 def maria_charge(idem: Idempotency, table: str, key: str, amount: int = 10) -> dict[str, Any]:
@@ -440,3 +444,51 @@ def test_crash_mariadb(maria: tuple[Idempotency, str], crash: str) -> None:
     key, out = crash_then_retry("mysql", MYSQL_URL, {"table": table}, crash)
     assert out["replayed"] is (crash == "after_commit")
     assert maria_count(table, key) == 1
+
+
+@pytest.mark.mysql
+def test_mariadb_refuses_autocommit_and_repeatable_read(maria: tuple[Idempotency, str]) -> None:
+    """An autocommit connection (the record would commit apart from the effect) and REPEATABLE
+    READ (duplicates would deadlock) are refused with a clear error before anything is written."""
+    import pymysql
+
+    from idempo.errors import StoreError
+    from idempo.stores.mysql import _parse_url
+    from tests.conftest import MYSQL_URL
+
+    idem, _ = maria
+    auto = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+    with pytest.raises(StoreError, match="autocommit"), idem.transaction(auto, key="x1"):
+        pass
+    auto.close()
+    rr = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=False)
+    with pytest.raises(StoreError, match="READ COMMITTED"), idem.transaction(rr, key="x2"):
+        pass
+    rr.rollback()
+    rr.close()
+    assert idem.store.get("", "x1") is None
+    assert idem.store.get("", "x2") is None
+
+
+def test_postgres_dict_rows_and_autocommit_transaction_blocks(pg: tuple[Idempotency, str]) -> None:
+    """A connection with row_factory=dict_row works, and so does psycopg's autocommit
+    connection inside `with conn.transaction():`; a bare autocommit connection is refused."""
+    from psycopg.rows import dict_row
+
+    from idempo.errors import StoreError
+
+    idem, schema = pg
+    with psycopg.connect(POSTGRES_URL, row_factory=dict_row) as conn:
+        with idem.transaction(conn, key="d-1") as tx:
+            if not tx.replayed:
+                conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('d-1', 1)")
+                tx.result = 1
+        conn.commit()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        with conn.transaction(), idem.transaction(conn, key="d-2") as tx2:
+            conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('d-2', 1)")
+            tx2.result = 2
+        with pytest.raises(StoreError, match="in a transaction"), idem.transaction(conn, key="d-3"):
+            pass
+    assert pg_count(schema, "d-1") == pg_count(schema, "d-2") == 1
+    assert idem.store.get("", "d-3") is None

@@ -58,7 +58,11 @@ def main(kind: str, url: str, options_json: str, key: str, crash: str) -> None:
 
         from idempo.stores.mysql import _parse_url
 
-        conn = pymysql.connect(**_parse_url(url), autocommit=False)
+        conn = pymysql.connect(
+            **_parse_url(url),
+            autocommit=False,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
         with idem.transaction(conn, key=key, fingerprint={"amount": 10}) as tx:
             crash_if(crash, "after_claim")
             if not tx.replayed:

@@ -51,6 +51,7 @@ from urllib.parse import unquote, urlsplit
 
 try:
     import pymysql  # type: ignore[import-untyped]
+    import pymysql.cursors  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"the MariaDB store needs PyMySQL: pip install 'idempo[mysql]' ({exc})"
@@ -1038,9 +1039,29 @@ class BoundMySQLStore:
 
     def _query(self, operation: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with _store_errors(operation):
-            cursor = self._conn.cursor()
+            # A plain tuple cursor, whatever cursorclass the caller's connection defaults to.
+            cursor = self._conn.cursor(pymysql.cursors.Cursor)
             cursor.execute(sql, params)
             return list(cursor.fetchall()) if cursor.description is not None else []
+
+    def _check_transaction(self) -> None:
+        """Refuse what would silently break exactly-once: an autocommit connection commits the
+        record apart from the effect; REPEATABLE READ (MariaDB's default) makes two duplicates'
+        gap locks deadlock instead of one waiting for the other."""
+        if self._conn.get_autocommit():
+            raise StoreError(
+                "transactional mode needs a connection with autocommit off "
+                "(pymysql.connect(..., autocommit=False)): otherwise the record commits apart "
+                "from your writes"
+            )
+        level = self._query("claim", "SELECT @@SESSION.tx_isolation", ())[0][0]
+        if str(level).upper() != "READ-COMMITTED":
+            raise StoreError(
+                f"transactional mode on MariaDB needs READ COMMITTED, not {level}: run "
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED on the connection (or "
+                "init_command=...) before the transaction; under REPEATABLE READ concurrent "
+                "duplicates deadlock instead of waiting"
+            )
 
     def _load(
         self, operation: str, scope: str, key: str, *, lock: bool
@@ -1071,6 +1092,7 @@ class BoundMySQLStore:
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult:
         self._parent._ensure_ready()
+        self._check_transaction()
         for _ in range(100):
             now, current = self._load("claim", scope, key, lock=True)
             result, write = transitions.claim(

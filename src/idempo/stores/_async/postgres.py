@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import TupleRow
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from idempo._primitives import async_sleep
@@ -783,12 +784,18 @@ class AsyncBoundPostgresStore(AsyncPostgresStore):
         query: sql.SQL | sql.Composed,
         params: Sequence[Any] | Mapping[str, Any],
     ) -> tuple[list[TupleRow], int]:
-        if self._conn.autocommit:
+        if (
+            self._conn.autocommit
+            and self._conn.info.transaction_status != TransactionStatus.INTRANS
+        ):
             raise StoreError(
-                "transactional mode needs a connection in a transaction, not autocommit"
+                "transactional mode needs a connection in a transaction: autocommit off, or "
+                "inside `with conn.transaction():`"
             )
         with _store_errors(operation):
-            cursor = await self._conn.execute(query, params)
+            # A plain tuple cursor, whatever row factory the caller's connection defaults to.
+            cursor = self._conn.cursor(row_factory=tuple_row)
+            await cursor.execute(query, params)
             rows = await cursor.fetchall() if cursor.description is not None else []
             return rows, cursor.rowcount
 

@@ -30,7 +30,8 @@ from typing import Any
 import psycopg
 from psycopg import Connection, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import TupleRow
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from idempo._primitives import sync_sleep
@@ -784,12 +785,18 @@ class BoundPostgresStore(PostgresStore):
         query: sql.SQL | sql.Composed,
         params: Sequence[Any] | Mapping[str, Any],
     ) -> tuple[list[TupleRow], int]:
-        if self._conn.autocommit:
+        if (
+            self._conn.autocommit
+            and self._conn.info.transaction_status != TransactionStatus.INTRANS
+        ):
             raise StoreError(
-                "transactional mode needs a connection in a transaction, not autocommit"
+                "transactional mode needs a connection in a transaction: autocommit off, or "
+                "inside `with conn.transaction():`"
             )
         with _store_errors(operation):
-            cursor = self._conn.execute(query, params)
+            # A plain tuple cursor, whatever row factory the caller's connection defaults to.
+            cursor = self._conn.cursor(row_factory=tuple_row)
+            cursor.execute(query, params)
             rows = cursor.fetchall() if cursor.description is not None else []
             return rows, cursor.rowcount
 
