@@ -492,3 +492,26 @@ def test_postgres_dict_rows_and_autocommit_transaction_blocks(pg: tuple[Idempote
             pass
     assert pg_count(schema, "d-1") == pg_count(schema, "d-2") == 1
     assert idem.store.get("", "d-3") is None
+
+
+def test_sqlite_first_use_inside_the_callers_write_transaction(tmp_path: Path) -> None:
+    """A fresh database, the caller's BEGIN IMMEDIATE already open, a Row factory: the schema
+    is created in the caller's transaction (no wait on its own lock) and it all commits."""
+    import time
+
+    path = tmp_path / "fresh.db"
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    conn.row_factory = sqlite3.Row
+    conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
+    idem = Idempotency(f"sqlite:///{path}", store_options={"busy_timeout": 2})
+    conn.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    with idem.transaction(conn, key="f-1", fingerprint={"amount": 10}) as tx:
+        conn.execute("INSERT INTO charges VALUES ('f-1', 10)")
+        tx.result = "ok"
+    conn.execute("COMMIT")
+    assert time.monotonic() - t0 < 1.5
+    again = sqlite_charge(idem, str(path), "f-1")
+    assert again == {"replayed": True, "result": "ok"}
+    conn.close()
+    idem.close()

@@ -265,8 +265,18 @@ class SQLiteStore:
         ``conn`` must be a connection to the same database file as this store.
         """
         if self._auto_migrate and not self._ready:
-            with self._session():  # migrate through our own connection, outside the caller's
-                pass
+            if conn.in_transaction:
+                # The caller may already hold the write lock, which our own connection would
+                # wait for until busy_timeout: create the schema in the caller's transaction
+                # instead (it commits with it; _ready stays unset, so the next bind checks again).
+                try:
+                    if self._check_version(conn) < FORMAT_VERSION:
+                        self._create_schema(conn)
+                except sqlite3.Error as exc:
+                    raise self._translate(exc) from exc
+            else:
+                with self._session():  # migrate through our own connection
+                    pass
         bound = copy.copy(self)
         bound._bound = conn
         return bound
@@ -390,17 +400,21 @@ class SQLiteStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with _immediate(conn):
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {_META}"
-                " (table_name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
-            self._check_version(conn)
-            for statement in self._ddl:
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT OR REPLACE INTO {_META} (table_name, version) VALUES (?, ?)",
-                (self.table, FORMAT_VERSION),
-            )
+            self._create_schema(conn)
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """The DDL, in the transaction ``conn`` has open (SQLite's DDL is transactional)."""
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_META}"
+            " (table_name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        self._check_version(conn)
+        for statement in self._ddl:
+            conn.execute(statement)
+        conn.execute(
+            f"INSERT OR REPLACE INTO {_META} (table_name, version) VALUES (?, ?)",
+            (self.table, FORMAT_VERSION),
+        )
 
     def _check_version(self, conn: sqlite3.Connection) -> int:
         """The table's schema version (0: none recorded); StoreError if newer than ours."""
@@ -421,7 +435,9 @@ class SQLiteStore:
 
     def _load(self, conn: sqlite3.Connection, scope: str, key: str) -> tuple[float, Record | None]:
         """The store's clock and the (scope, key) row, read by one statement."""
-        now, *row = conn.execute(self._sql_load, (scope, key)).fetchone()
+        cursor = conn.cursor()
+        cursor.row_factory = None  # plain tuples, whatever the (caller's) connection's factory
+        now, *row = cursor.execute(self._sql_load, (scope, key)).fetchone()
         if row[0] is None:  # fingerprint is NOT NULL: no row joined
             return float(now), None
         fingerprint, state, token, lease_until, outcome, recovery_point, created, expires, fmt = row
