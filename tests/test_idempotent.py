@@ -471,3 +471,20 @@ async def test_async_heartbeat_keeps_a_slow_call(aidem: Idempotency) -> None:
         await slow("k")
     assert await task == 1
     assert c.calls == 1
+
+
+def test_unusual_function_names_and_bad_durations() -> None:
+    """A non-ASCII function name gets a stable hashed namespace; infinite or NaN durations are
+    refused when configured, not at the store."""
+    idem = Idempotency(MemoryStore())
+
+    @idem.idempotent(key=lambda x: x)
+    def café(x: str) -> int:
+        return 1
+
+    assert café("k") == café("k") == 1
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite"):
+            Idempotency(MemoryStore(), lease=bad)
+        with pytest.raises(ValueError, match="finite"):
+            Idempotency(MemoryStore(), ttl=bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from idempo.core.fingerprint import bind_call, fingerprint
 from idempo.core.keys import validate_key, validate_scope
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
+from idempo.errors import InvalidKeyError
 from idempo.stores import open_async_store, open_store
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
@@ -410,7 +412,13 @@ class _Operation:
 
     def _scoped(self, user_scope: str) -> str:
         # Records of different functions never meet: the operation's name is part of the scope.
-        return f"{user_scope}/{self.name}" if user_scope else self.name
+        scoped = f"{user_scope}/{self.name}" if user_scope else self.name
+        try:
+            return validate_scope(scoped)
+        except InvalidKeyError:
+            # A non-ASCII function name, or a long module path with a long scope: still one
+            # stable namespace per (scope, function), spelled as a hash.
+            return "h:" + hashlib.sha256(scoped.encode()).hexdigest()[:40]
 
     def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
         # A wrong call raises the TypeError the function itself would, before any store I/O.

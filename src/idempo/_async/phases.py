@@ -16,6 +16,7 @@ The sync twin (``_sync/phases.py``) is generated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -151,7 +152,10 @@ class AsyncPhasedOperation:
             await bound.set_recovery_point(scope, key, token, point, lease=self.policy.lease)
             await self.conn.commit()
         except BaseException:
-            await self.conn.rollback()
+            # The original error matters; a connection that is already gone cannot roll back
+            # (its transaction is void anyway).
+            with contextlib.suppress(Exception):
+                await self.conn.rollback()
             raise
         ctx.results[phase.name] = value
 

@@ -17,6 +17,7 @@ The sync twin (``_sync/phases.py``) is generated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -152,7 +153,10 @@ class PhasedOperation:
             bound.set_recovery_point(scope, key, token, point, lease=self.policy.lease)
             self.conn.commit()
         except BaseException:
-            self.conn.rollback()
+            # The original error matters; a connection that is already gone cannot roll back
+            # (its transaction is void anyway).
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
             raise
         ctx.results[phase.name] = value
 

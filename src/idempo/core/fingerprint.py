@@ -4,7 +4,9 @@ Two requests that mean the same thing must get the same fingerprint even when th
 ``{"a": 1, "b": 2}`` and ``{"b":2,"a":1}``; ``f(1, b=2)`` and ``f(a=1, b=2)``; ``1.0`` and ``1``.
 We canonicalize into a JSON text in the spirit of RFC 8785 (JCS): object members sorted by key,
 no insignificant white space, integral floats written as integers, non-finite numbers refused.
-Types JSON lacks are written as tagged objects, so that they cannot collide with plain data.
+Types JSON lacks are written as tagged objects (``{"$bytes": ...}``); keys of plain mappings
+that start with ``$`` are escaped (``$$...``), so that tagged objects cannot collide with plain
+data, and a mapping whose keys collide once written as text (``1`` and ``"1"``) is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _canonical(value: Any, path: str) -> Any:
         return value
     if kind is int:
         return value
-    if kind is dict and all(type(k) is str for k in value):
+    if kind is dict and all(type(k) is str and not k.startswith("$") for k in value):
         return {k: _canonical(v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, bool | str):
         return value
@@ -68,6 +70,13 @@ def _canonical(value: Any, path: str) -> Any:
                         f"cannot fingerprint mapping key {k!r} at {path}: keys must be str"
                     )
                 k = str(_canonical(k, path))
+            elif k.startswith("$"):
+                k = "$" + k  # "$..." keys of plain data never look like a tagged type
+            if k in out:
+                raise FingerprintError(
+                    f"cannot fingerprint the mapping at {path}: two keys are both {k!r} once "
+                    "written as text"
+                )
             out[k] = _canonical(v, f"{path}.{k}")
         return out
     if isinstance(value, list | tuple):
@@ -110,7 +119,13 @@ def canonical_json(value: Any) -> str:
 
 def fingerprint(value: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``value``."""
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+    try:
+        text = canonical_json(value)
+    except RecursionError:
+        raise FingerprintError(
+            "cannot fingerprint a value that contains itself (or is nested too deeply)"
+        ) from None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def fingerprint_json_bytes(body: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from idempo.core.outcome import JSONSerializer, Serializer
@@ -25,6 +26,9 @@ class Policy:
     heartbeat: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("ttl", "lease", "wait"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number of seconds")
         if not self.ttl > 0:
             raise ValueError(f"ttl must be > 0 seconds, not {self.ttl!r}")
         if not self.lease > 0:
