@@ -7,13 +7,13 @@ to the ``sync_*`` names in the generated twins. Nothing else may differ between 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
-import heapq
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 __all__ = [
@@ -87,12 +87,13 @@ async def async_periodic(
 
 
 class _Beats:
-    """One daemon thread runs every sync periodic call, so that a request costs a heap push,
-    not a thread."""
+    """One daemon thread runs every sync periodic call, so that a call costs an append, not a
+    thread. Calls of one interval are due in the order they were added, so each interval keeps
+    a FIFO queue (no heap), and a cancelled call is only forgotten (skipped when it comes up)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], object], float]] = []
+        self._queues: dict[float, collections.deque[tuple[float, int, Callable[[], object]]]] = {}
         self._live: set[int] = set()
         self._seq = 0
         self._thread: threading.Thread | None = None
@@ -102,33 +103,48 @@ class _Beats:
             self._seq += 1
             handle = self._seq
             self._live.add(handle)
-            heapq.heappush(self._heap, (time.monotonic() + interval, handle, fn, interval))
-            if self._thread is None or not self._thread.is_alive():
+            queue = self._queues.get(interval)
+            if queue is None:
+                queue = self._queues[interval] = collections.deque()
+            wake = not queue  # a new head of a queue may be due before what the thread awaits
+            queue.append((time.monotonic() + interval, handle, fn))
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="idempo-heartbeat", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif wake:
+                self._cond.notify()
             return handle
 
     def cancel(self, handle: int) -> None:
         with self._cond:
             self._live.discard(handle)
 
+    def _next(self) -> tuple[float, int, Callable[[], object]]:
+        """Wait for the earliest live call to come due; remove it and return it with its
+        interval (called with the condition held)."""
+        while True:
+            head: tuple[float, float] | None = None  # (due, interval)
+            for interval, queue in self._queues.items():
+                while queue and queue[0][1] not in self._live:
+                    queue.popleft()
+                if queue and (head is None or queue[0][0] < head[0]):
+                    head = (queue[0][0], interval)
+            if head is None:
+                self._cond.wait()
+                continue
+            wait = head[0] - time.monotonic()
+            if wait > 0:
+                self._cond.wait(wait)
+                continue
+            _, handle, fn = self._queues[head[1]].popleft()
+            return head[1], handle, fn
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while True:
-                    while self._heap and self._heap[0][1] not in self._live:
-                        heapq.heappop(self._heap)
-                    if not self._heap:
-                        self._cond.wait()
-                        continue
-                    due = self._heap[0][0] - time.monotonic()
-                    if due <= 0:
-                        break
-                    self._cond.wait(due)
-                _, handle, fn, interval = heapq.heappop(self._heap)
+                interval, handle, fn = self._next()
             try:
                 fn()
             except Exception:
@@ -137,18 +153,32 @@ class _Beats:
                 continue
             with self._cond:
                 if handle in self._live:
-                    heapq.heappush(self._heap, (time.monotonic() + interval, handle, fn, interval))
+                    self._queues[interval].append((time.monotonic() + interval, handle, fn))
+
+
+class _Periodic:
+    """The context manager of :func:`sync_periodic` (a class: cheaper than a generator)."""
+
+    __slots__ = ("_fn", "_handle", "_interval")
+
+    def __init__(self, fn: Callable[[], object], interval: float) -> None:
+        self._fn = fn
+        self._interval = interval
+        self._handle = 0
+
+    def __enter__(self) -> None:
+        self._handle = _BEATS.add(self._fn, self._interval)
+
+    def __exit__(self, *exc: object) -> None:
+        _BEATS.cancel(self._handle)
 
 
 _BEATS = _Beats()
 
 
-@contextlib.contextmanager
-def sync_periodic(fn: Callable[[], object], interval: float) -> Iterator[None]:
+def sync_periodic(
+    fn: Callable[[], object], interval: float
+) -> contextlib.AbstractContextManager[None]:
     """Call ``fn`` every ``interval`` seconds (on idempo's one heartbeat thread) while the block
-    runs. The first failure stops the calls (logged)."""
-    handle = _BEATS.add(fn, interval)
-    try:
-        yield
-    finally:
-        _BEATS.cancel(handle)
+    runs. The first failure stops the calls."""
+    return _Periodic(fn, interval)

@@ -27,7 +27,7 @@ from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
 from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
-from idempo.core.fingerprint import bind_call, fingerprint
+from idempo.core.fingerprint import bind_call, fingerprint, simple_names
 from idempo.core.keys import validate_key, validate_scope
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
@@ -401,6 +401,7 @@ class _Operation:
         name: str | None,
     ) -> None:
         self.signature = inspect.signature(func)
+        self.simple = simple_names(self.signature)
         self.name = name or f"{func.__module__}.{func.__qualname__}"
         self.key = key
         self.scope = scope
@@ -422,7 +423,7 @@ class _Operation:
 
     def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
         # A wrong call raises the TypeError the function itself would, before any store I/O.
-        arguments = bind_call(self.signature, args, kwargs)
+        arguments = bind_call(self.signature, args, kwargs, self.simple)
         fp_source = arguments if self.fingerprint is None else self.fingerprint(*args, **kwargs)
         fp = fingerprint(fp_source)
         if self.key is None:

@@ -16,7 +16,6 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
-import functools
 import hashlib
 import inspect
 import json
@@ -33,6 +32,7 @@ __all__ = [
     "fingerprint",
     "fingerprint_call",
     "fingerprint_json_bytes",
+    "simple_names",
 ]
 
 # JSON numbers are doubles for most parsers; integers beyond 2**53 keep their exact digits.
@@ -137,14 +137,19 @@ def fingerprint_call(
     signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str:
     """Fingerprint a call by its bound arguments: positional or keyword, defaults filled in."""
-    return fingerprint(bind_call(signature, args, kwargs))
+    return fingerprint(bind_call(signature, args, kwargs, simple_names(signature)))
 
 
 def bind_call(
-    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    simple: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """The call's arguments by parameter name (used to feed ``key=`` callables)."""
-    simple = _simple_names(signature)
+    """The call's arguments by parameter name (used to feed ``key=`` callables).
+
+    ``simple``: :func:`simple_names` of the signature, computed once by the caller (hashing a
+    Signature per call would cost more than binding)."""
     if simple is not None and not kwargs and len(args) == len(simple):
         # Every parameter is positional-or-keyword without a default, and each was given
         # positionally: binding cannot fail and is a zip (Signature.bind costs ~10x more).
@@ -154,8 +159,9 @@ def bind_call(
     return dict(bound.arguments)
 
 
-@functools.lru_cache(maxsize=1024)
-def _simple_names(signature: inspect.Signature) -> tuple[str, ...] | None:
+def simple_names(signature: inspect.Signature) -> tuple[str, ...] | None:
+    """The parameter names if every parameter is positional-or-keyword without a default (a
+    positional call of exactly that many arguments then binds by zip), else None."""
     params = signature.parameters.values()
     if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params):
         return tuple(signature.parameters)
