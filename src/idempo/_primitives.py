@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 __all__ = [
@@ -60,30 +60,52 @@ def sync_gather(fns: list[Callable[[], T]]) -> list[T | BaseException]:
 # -- periodic background work (lease heartbeats) ---------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def async_periodic(
+class _AsyncPeriodic:
+    """The context manager of :func:`async_periodic`: a timer callback (``call_later``), not a
+    task, until a beat is due, since almost every block ends long before its first beat."""
+
+    __slots__ = ("_fn", "_handle", "_interval", "_loop", "_stopped", "_task")
+
+    def __init__(self, fn: Callable[[], Awaitable[object]], interval: float) -> None:
+        self._fn = fn
+        self._interval = interval
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def __aenter__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._interval, self._due)
+
+    def _due(self) -> None:
+        self._task = self._loop.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        try:
+            await self._fn()
+        except Exception:
+            log.debug("idempo: a periodic call failed; stopping it", exc_info=True)
+            return
+        if not self._stopped:
+            self._handle = self._loop.call_later(self._interval, self._due)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def async_periodic(
     fn: Callable[[], Awaitable[object]], interval: float
-) -> AsyncIterator[None]:
-    """Call ``fn`` every ``interval`` seconds in a task while the block runs. The first failure
-    stops the calls: a heartbeat that cannot renew its lease stops beating (its holder learns
-    of it when it completes, as LeaseLostError)."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await fn()
-            except Exception:
-                log.debug("idempo: a periodic call failed; stopping it", exc_info=True)
-                return
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """Call ``fn`` every ``interval`` seconds while the block runs. The first failure stops
+    the calls: a heartbeat that cannot renew its lease stops beating (its holder learns of it
+    when it completes, as LeaseLostError)."""
+    return _AsyncPeriodic(fn, interval)
 
 
 class _Beats:
