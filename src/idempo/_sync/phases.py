@@ -117,16 +117,19 @@ class PhasedOperation:
             log.info("idempo: resuming %r/%r after phases %s", scope, key, list(results))
         ctx = PhaseContext(scope, key, results, self.conn)
         try:
-            for phase in self.phases:
-                if phase.name in results:
-                    continue  # done before a crash or an error: never again
-                if phase.local:
-                    self._run_local(phase, ctx, scope, key, token)
-                else:
-                    results[phase.name] = phase.run(ctx)
-                    self.store.set_recovery_point(
-                        scope, key, token, _dump_point(results), lease=self.policy.lease
-                    )
+            # The lease is renewed while a (long) phase runs, so only a crashed worker's claim
+            # runs out; each recovery point renews it too.
+            with self.engine.heartbeat(scope, key, token, self.policy):
+                for phase in self.phases:
+                    if phase.name in results:
+                        continue  # done before a crash or an error: never again
+                    if phase.local:
+                        self._run_local(phase, ctx, scope, key, token)
+                    else:
+                        results[phase.name] = phase.run(ctx)
+                        self.store.set_recovery_point(
+                            scope, key, token, _dump_point(results), lease=self.policy.lease
+                        )
         except BaseException:
             # Unlike a plain call, the claim is NOT released: the recovery point must survive
             # for the retry, which takes over once the lease runs out (or at once: see below).
