@@ -136,11 +136,11 @@ class IdempotencyMiddleware:
             )
         try:
             header = str(options.get("header", "Idempotency-Key"))
-            self.config = HttpConfig(
+            self.config = HttpConfig.of(
                 header=header,
-                methods=frozenset(m.upper() for m in options.get("methods", DEFAULT_METHODS)),
+                methods=options.get("methods", DEFAULT_METHODS),
                 required=bool(options.get("required", False)),
-                routes=tuple(_route(r) for r in options.get("routes", ())),
+                routes=(_route(r) for r in options.get("routes", ())),
                 keep_server_errors=bool(options.get("keep_server_errors", False)),
                 max_request_bytes=int(options.get("max_request_bytes", 1 << 20)),
                 max_response_bytes=int(options.get("max_response_bytes", 1 << 20)),

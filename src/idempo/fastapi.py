@@ -31,11 +31,11 @@ def document_idempotency(
     routes: Iterable[Route] = (),
 ) -> None:
     """Add the key header to the OpenAPI operations the middleware guards."""
-    config = HttpConfig(
+    config = HttpConfig.of(
         header=header,
-        methods=frozenset(m.upper() for m in methods),
+        methods=methods,
         required=required,
-        routes=tuple(routes),
+        routes=routes,
     )
     original = app.openapi
 

@@ -101,11 +101,11 @@ class IdempotencyMiddleware:
         store_options: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
-        self.config = HttpConfig(
+        self.config = HttpConfig.of(
             header=header,
-            methods=frozenset(m.upper() for m in methods),
+            methods=methods,
             required=required,
-            routes=tuple(routes),
+            routes=routes,
             keep_server_errors=keep_server_errors,
             max_request_bytes=max_request_bytes,
             max_response_bytes=max_response_bytes,

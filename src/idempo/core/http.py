@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -109,7 +109,18 @@ class HttpConfig:
     max_response_bytes: int = 1 << 20
     fail_open: bool = False
     unavailable_retry_after: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        methods: Iterable[str] = DEFAULT_METHODS,
+        routes: Iterable[Route] = (),
+        **options: Any,
+    ) -> HttpConfig:
+        """The configuration from an adapter's options: method names in any case, routes in any
+        iterable (every adapter takes the same options; they are normalized here, once)."""
+        return cls(methods=frozenset(m.upper() for m in methods), routes=tuple(routes), **options)
 
     def guard(self, method: str, path: str) -> tuple[bool, bool]:
         """(is this request guarded, is a key required) for ``method`` on ``path``."""
