@@ -64,11 +64,17 @@ class _AsyncPeriodic:
     """The context manager of :func:`async_periodic`: a timer callback (``call_later``), not a
     task, until a beat is due, since almost every block ends long before its first beat."""
 
-    __slots__ = ("_fn", "_handle", "_interval", "_loop", "_stopped", "_task")
+    __slots__ = ("_fatal", "_fn", "_handle", "_interval", "_loop", "_stopped", "_task")
 
-    def __init__(self, fn: Callable[[], Awaitable[object]], interval: float) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], Awaitable[object]],
+        interval: float,
+        fatal: tuple[type[BaseException], ...],
+    ) -> None:
         self._fn = fn
         self._interval = interval
+        self._fatal = fatal
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -83,9 +89,11 @@ class _AsyncPeriodic:
     async def _beat(self) -> None:
         try:
             await self._fn()
-        except Exception:
-            log.debug("idempo: a periodic call failed; stopping it", exc_info=True)
+        except self._fatal:
+            log.debug("idempo: a periodic call failed for good; stopping it", exc_info=True)
             return
+        except Exception:
+            log.debug("idempo: a periodic call failed; trying again later", exc_info=True)
         if not self._stopped:
             self._handle = self._loop.call_later(self._interval, self._due)
 
@@ -100,12 +108,15 @@ class _AsyncPeriodic:
 
 
 def async_periodic(
-    fn: Callable[[], Awaitable[object]], interval: float
+    fn: Callable[[], Awaitable[object]],
+    interval: float,
+    *,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """Call ``fn`` every ``interval`` seconds while the block runs. The first failure stops
-    the calls: a heartbeat that cannot renew its lease stops beating (its holder learns of it
-    when it completes, as LeaseLostError)."""
-    return _AsyncPeriodic(fn, interval)
+    """Call ``fn`` every ``interval`` seconds while the block runs. A failure of a ``fatal``
+    type stops the calls (a heartbeat whose lease was taken over: its holder learns of it when
+    it completes); any other failure (a store blip) is ridden out until the next beat."""
+    return _AsyncPeriodic(fn, interval, fatal)
 
 
 class _Beats:
@@ -115,7 +126,7 @@ class _Beats:
     what is due; it is woken only when it sleeps idle, or when a call needs a shorter tick."""
 
     def __init__(self) -> None:
-        self._calls: dict[int, list[Any]] = {}  # handle -> [due, interval, fn]
+        self._calls: dict[int, list[Any]] = {}  # handle -> [due, interval, fn, fatal]
         self._ids = itertools.count(1)
         self._wake = threading.Event()
         self._start = threading.Lock()
@@ -123,9 +134,11 @@ class _Beats:
         self._idle = True
         self._tick = 1.0
 
-    def add(self, fn: Callable[[], object], interval: float) -> int:
+    def add(
+        self, fn: Callable[[], object], interval: float, fatal: tuple[type[BaseException], ...]
+    ) -> int:
         handle = next(self._ids)
-        self._calls[handle] = [time.monotonic() + interval, interval, fn]
+        self._calls[handle] = [time.monotonic() + interval, interval, fn, fatal]
         if self._thread is None:
             with self._start:
                 if self._thread is None:
@@ -165,10 +178,12 @@ class _Beats:
                     continue
                 try:
                     entry[2]()
-                except Exception:
-                    log.debug("idempo: a periodic call failed; stopping it", exc_info=True)
+                except entry[3]:
+                    log.debug("idempo: a periodic call failed for good; stopping it", exc_info=True)
                     self._calls.pop(handle, None)
                     continue
+                except Exception:
+                    log.debug("idempo: a periodic call failed; trying again later", exc_info=True)
                 entry[0] = time.monotonic() + entry[1]
             self._wake.wait(self._tick)
             self._wake.clear()
@@ -177,15 +192,18 @@ class _Beats:
 class _Periodic:
     """The context manager of :func:`sync_periodic` (a class: cheaper than a generator)."""
 
-    __slots__ = ("_fn", "_handle", "_interval")
+    __slots__ = ("_fatal", "_fn", "_handle", "_interval")
 
-    def __init__(self, fn: Callable[[], object], interval: float) -> None:
+    def __init__(
+        self, fn: Callable[[], object], interval: float, fatal: tuple[type[BaseException], ...]
+    ) -> None:
         self._fn = fn
         self._interval = interval
+        self._fatal = fatal
         self._handle = 0
 
     def __enter__(self) -> None:
-        self._handle = _BEATS.add(self._fn, self._interval)
+        self._handle = _BEATS.add(self._fn, self._interval, self._fatal)
 
     def __exit__(self, *exc: object) -> None:
         _BEATS.cancel(self._handle)
@@ -195,8 +213,11 @@ _BEATS = _Beats()
 
 
 def sync_periodic(
-    fn: Callable[[], object], interval: float
+    fn: Callable[[], object],
+    interval: float,
+    *,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> contextlib.AbstractContextManager[None]:
     """Call ``fn`` every ``interval`` seconds (on idempo's one heartbeat thread) while the block
-    runs. The first failure stops the calls."""
-    return _Periodic(fn, interval)
+    runs. A failure of a ``fatal`` type stops the calls; any other is ridden out."""
+    return _Periodic(fn, interval, fatal)

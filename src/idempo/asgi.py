@@ -5,47 +5,21 @@
 A guarded request (POST and PATCH by default) with an ``Idempotency-Key`` header is claimed in
 the store before the app sees it. The app's response is captured on its way out (``send`` is
 wrapped, as starlette's GZipMiddleware does) and kept before its last byte leaves, so a client
-that got the response and retries is replayed, never told "in progress". All decisions are in
-:mod:`idempo.core.http` and :mod:`idempo.core.decide`; this module moves bytes.
+that got the response and retries is replayed, never told "in progress". Every decision is the
+HTTP front's (:mod:`idempo._async.http`); this module translates ASGI to it and back.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Unpack
 
-from idempo._async.engine import AsyncEngine
-from idempo.core.decide import Replay
-from idempo.core.http import (
-    DEFAULT_METHODS,
-    HttpConfig,
-    MissingKeyError,
-    RequestTooLargeError,
-    ResponseCapture,
-    Route,
-    default_scope,
-    fingerprint_request,
-    parse_key_header,
-    problem,
-    read_stored,
-    record_for,
-    record_for_abandoned,
-    replay_headers,
-)
-from idempo.core.keys import validate_scope
-from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
-from idempo.errors import (
-    IdempoError,
-    OutcomeNotStoredError,
-    StoreUnavailableError,
-)
+from idempo._async.http import AsyncHttpFront, AsyncRecorder
+from idempo.core.http import Drop, HttpOptions, Pass, Respond, Route, too_large
 from idempo.stores import open_async_store
 from idempo.stores.base import AsyncStore
 
-__all__ = ["IdempotencyMiddleware", "Route"]
-
-log = logging.getLogger("idempo")
+__all__ = ["HttpOptions", "IdempotencyMiddleware", "Route"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,54 +31,28 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class IdempotencyMiddleware:
     """Pure ASGI middleware giving guarded routes Idempotency-Key semantics.
 
-    ``store``: a URL or an :class:`~idempo.stores.base.AsyncStore`. ``required``: answer 400
-    when a guarded request has no key. ``methods``: the guarded methods (POST, PATCH).
-    ``routes``: per-route rules (:class:`Route`), first match wins. ``scope``: a callable of
-    the request headers (lower-case names) returning the principal's namespace (default: a hash
-    of ``Authorization``/``X-API-Key``). ``ttl``, ``lease``, ``wait``: as for functions.
-    ``keep_server_errors``: keep 5xx answers too (the IETF draft's choice). ``fail_open``: when
-    the store is down, pass requests through unguarded instead of answering 503 (unsafe: a retry
-    may then run twice).
+    ``store``: a URL or an :class:`~idempo.stores.base.AsyncStore`. The options are
+    :class:`~idempo.core.http.HttpOptions` (``required``, ``methods``, ``routes``, ``scope``,
+    ``ttl``, ``lease``, ``fail_open``, ...), the same for every adapter.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         store: str | AsyncStore = "sqlite:///idempo.db",
-        *,
-        required: bool = False,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        routes: Iterable[Route] = (),
-        header: str = "Idempotency-Key",
-        scope: Callable[[Mapping[str, str]], str] | None = None,
-        ttl: float = DEFAULT_TTL,
-        lease: float = DEFAULT_LEASE,
-        wait: float = 0.0,
-        keep_server_errors: bool = False,
-        max_request_bytes: int = 1 << 20,
-        max_response_bytes: int = 1 << 20,
-        fail_open: bool = False,
-        store_options: dict[str, Any] | None = None,
+        **options: Unpack[HttpOptions],
     ) -> None:
         self.app = app
-        self.config = HttpConfig.of(
-            header=header,
-            methods=methods,
-            required=required,
-            routes=routes,
-            keep_server_errors=keep_server_errors,
-            max_request_bytes=max_request_bytes,
-            max_response_bytes=max_response_bytes,
-            fail_open=fail_open,
-        )
-        self.policy = Policy(ttl=ttl, lease=lease, wait=wait)
-        self._header = header.lower().encode("latin-1")
-        self._scope_fn = scope or default_scope
         self._owns_store = isinstance(store, str)
         self.store = (
-            open_async_store(store, **(store_options or {})) if isinstance(store, str) else store
+            open_async_store(store, **(options.get("store_options") or {}))
+            if isinstance(store, str)
+            else store
         )
-        self.engine = AsyncEngine(self.store)
+        self.front = AsyncHttpFront(self.store, options)
+        self.config = self.front.config
+        self.policy = self.front.policy
+        self._header = self.config.header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" and self._owns_store:
@@ -113,62 +61,16 @@ class IdempotencyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"].upper()
-        path = scope.get("path", "")
-        guarded, required = self.config.guard(method, path)
-        if not guarded:
-            await self.app(scope, receive, send)
-            return
-        raw_headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        key_values = [v.decode("latin-1") for k, v in raw_headers if k == self._header]
-        try:
-            key = parse_key_header(key_values)
-            if key is None:
-                if required:
-                    raise MissingKeyError(f"this route requires an {self.config.header} header")
-                await self.app(scope, receive, send)
-                return
-            body, more = await _read_body(receive, self.config.max_request_bytes)
-        except IdempoError as exc:
-            await _send_problem(send, exc, path)
-            return
-        if more is not None:
-            # The client went away before its body arrived: claiming a key for a partial
-            # request would tie the key to the wrong fingerprint. Nobody is left to answer.
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
-        try:
-            principal = validate_scope(self._scope_fn(headers))
-        except IdempoError as exc:
-            await _send_problem(send, exc, path)
-            return
-        fp = fingerprint_request(
-            method,
-            path,
-            scope.get("query_string", b"").decode("latin-1"),
-            body,
-            headers.get("content-type"),
-        )
-        try:
-            decision = await self.engine.acquire(principal, key, fp, self.policy)
-        except StoreUnavailableError as exc:
-            if self.config.fail_open:
-                log.warning(
-                    "idempo: store unavailable, passing %s %s through (fail_open)", method, path
-                )
-                await self.app(scope, _replay_body(body, receive), send)
-                return
-            await _send_problem(send, exc, path, retry_after=self.config.unavailable_retry_after)
-            return
-        except IdempoError as exc:
-            await _send_problem(send, exc, path)
-            return
-        if isinstance(decision, Replay):
-            await self._replay(send, decision.outcome, principal, key, path)
-            return
-        await self._execute(
-            scope, _replay_body(body, receive), send, principal, key, decision.token
-        )
+        action = await self.front.admit(_Request(scope, receive, self._header))
+        if isinstance(action, AsyncRecorder):
+            await self._execute(scope, _replay_body(action.body, receive), send, action)
+        elif isinstance(action, Pass):
+            body = action.body
+            await self.app(scope, receive if body is None else _replay_body(body, receive), send)
+        elif isinstance(action, Respond):
+            await _send(send, action)
+        else:
+            assert isinstance(action, Drop)  # nobody is left to answer
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         """Close the store we opened when the server shuts the app down."""
@@ -180,79 +82,85 @@ class IdempotencyMiddleware:
 
         return wrapped
 
-    async def _replay(self, send: Send, data: bytes, principal: str, key: str, path: str) -> None:
-        try:
-            stored = read_stored(data, key=key, scope=principal)
-        except OutcomeNotStoredError as error:
-            await _send_problem(send, error, path)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": stored.status,
-                "headers": [
-                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in replay_headers(stored)
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": stored.body})
-
     async def _execute(
-        self, scope: Scope, receive: Receive, send: Send, principal: str, key: str, token: str
+        self, scope: Scope, receive: Receive, send: Send, recorder: AsyncRecorder
     ) -> None:
-        capture = ResponseCapture(self.config.max_response_bytes)
-        engine, config, ttl = self.engine, self.config, self.policy.ttl
+        client_gone = False
+
+        async def forward(message: Message) -> None:
+            nonlocal client_gone
+            try:
+                await send(message)
+            except BaseException:
+                client_gone = True
+                raise
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                capture.start(
+            kind = message["type"]
+            if kind == "http.response.start":
+                recorder.start(
                     message["status"],
                     [
                         (k.decode("latin-1"), v.decode("latin-1"))
                         for k, v in message.get("headers", [])
                     ],
                 )
-                await forward(message)
-                return
-            if message["type"] != "http.response.body":
-                await forward(message)
-                return
-            capture.add(message.get("body", b""))
-            if message.get("more_body", False):
-                await forward(message)
-                return
-            # The last chunk: record the outcome before the client can see the end of the
-            # response, so that a client that got it and retries is replayed.
-            await engine.settle(principal, key, token, record_for(config, capture), ttl=ttl)
-            capture.finished = True
+            elif kind == "http.response.body":
+                recorder.add(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # The last chunk: record the outcome before the client can see the end of
+                    # the response, so that a client that got it and retries is replayed.
+                    await recorder.finish()
             await forward(message)
 
-        async def forward(message: Message) -> None:
-            try:
-                await send(message)
-            except BaseException:
-                capture.client_gone = True
-                raise
-
-        async def abandon() -> None:
-            # The response stopped short. If the client went away after the handler answered,
-            # its work is done: refuse a retry rather than run it twice (record_for_abandoned).
-            # If the handler itself failed, release the key so that a retry runs again.
-            data = record_for_abandoned(config, capture) if capture.client_gone else None
-            await engine.settle(principal, key, token, data, ttl=ttl)
-
         try:
-            async with engine.heartbeat(principal, key, token, self.policy):
-                await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_wrapper)
         except BaseException:
-            if not capture.finished:
-                await abandon()
+            # The response stopped short. If the client went away after the app answered, its
+            # work is done: refuse a retry rather than run it twice. If the app itself failed,
+            # release the key so that a retry runs again.
+            await recorder.abandon(client_gone=client_gone)
             raise
-        if not capture.finished:
-            # Returned without finishing the response: the app stopped streaming because the
-            # client went away (Starlette's StreamingResponse does), or never answered.
-            capture.client_gone = capture.client_gone or capture.started
-            await abandon()
+        # Returned without finishing the response: the app stopped streaming because the
+        # client went away (Starlette's StreamingResponse does), or never answered.
+        await recorder.abandon(client_gone=client_gone or recorder.started)
+
+
+class _Request:
+    """An ASGI request as the HTTP front reads it."""
+
+    __slots__ = ("_header", "_receive", "_scope")
+
+    def __init__(self, scope: Scope, receive: Receive, header: bytes) -> None:
+        self._scope = scope
+        self._receive = receive
+        self._header = header
+
+    @property
+    def method(self) -> str:
+        return str(self._scope["method"]).upper()
+
+    @property
+    def path(self) -> str:
+        return str(self._scope.get("path", ""))
+
+    @property
+    def query(self) -> str:
+        return bytes(self._scope.get("query_string", b"")).decode("latin-1")
+
+    def key_values(self) -> list[str]:
+        header = self._header
+        return [v.decode("latin-1") for k, v in self._scope.get("headers", ()) if k == header]
+
+    def headers(self) -> Mapping[str, str]:
+        return {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in self._scope.get("headers", ())
+        }
+
+    async def body(self, limit: int) -> bytes | None:
+        body, more = await _read_body(self._receive, limit)
+        return None if more is not None else body
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
@@ -269,10 +177,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | Non
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise RequestTooLargeError(
-                f"the request body is over {limit} bytes, the most this endpoint reads to "
-                "recognise a retried request"
-            )
+            raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), None
@@ -292,17 +197,12 @@ def _replay_body(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_problem(
-    send: Send, error: IdempoError, path: str, *, retry_after: int | None = None
-) -> None:
-    status, headers, body = problem(error, instance=path)
-    if retry_after is not None and not any(k == "retry-after" for k, _ in headers):
-        headers.append(("retry-after", str(retry_after)))
+async def _send(send: Send, response: Respond) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            "status": response.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": response.body})

@@ -4,6 +4,9 @@
 
     IdempoError                      root: catch this to catch everything from idempo
     ├── InvalidKeyError              key or scope malformed (empty, >255, non-printable)   400
+    ├── MissingKeyError              the route requires a key and the request has none    400
+    ├── IncompleteBodyError          the request body ended early (the client went away)  400
+    ├── RequestTooLargeError         the body is over what is read to fingerprint it      413
     ├── KeyReuseError                same key, different request (fingerprint mismatch)    422
     ├── InProgressError              same key while the first execution still runs        409
     ├── LeaseLostError               the claim was taken over or released; cannot complete
@@ -11,7 +14,8 @@
     ├── SerializationError           a value the serializer cannot encode or decode
     ├── FingerprintError             arguments that cannot be fingerprinted
     ├── StoreUnavailableError        the store cannot be reached                           503
-    └── StoreError                   the store answered, but not as the contract says
+    ├── StoreError                   the store answered, but not as the contract says
+    └── VersionConflictError         idempo.sql: the row changed since it was read         409
 
 Errors that an HTTP adapter turns into a response carry ``status`` (the HTTP status they map to)
 and ``title`` (the problem+json title).
@@ -25,13 +29,17 @@ __all__ = [
     "FingerprintError",
     "IdempoError",
     "InProgressError",
+    "IncompleteBodyError",
     "InvalidKeyError",
     "KeyReuseError",
     "LeaseLostError",
+    "MissingKeyError",
     "OutcomeNotStoredError",
+    "RequestTooLargeError",
     "SerializationError",
     "StoreError",
     "StoreUnavailableError",
+    "VersionConflictError",
 ]
 
 
@@ -47,6 +55,27 @@ class InvalidKeyError(IdempoError, ValueError):
 
     status = 400
     title = "Invalid idempotency key"
+
+
+class MissingKeyError(IdempoError):
+    """The route requires an idempotency key and the request has none."""
+
+    status = 400
+    title = "Idempotency key required"
+
+
+class IncompleteBodyError(IdempoError):
+    """The request body ended before ``Content-Length`` bytes arrived (the client went away)."""
+
+    status = 400
+    title = "Incomplete request body"
+
+
+class RequestTooLargeError(IdempoError):
+    """The request body is larger than the middleware will read to fingerprint it."""
+
+    status = 413
+    title = "Request body too large for idempotent handling"
 
 
 class KeyReuseError(IdempoError):
@@ -123,13 +152,19 @@ class FingerprintError(IdempoError, TypeError):
 
 
 class StoreUnavailableError(IdempoError):
-    """The store cannot be reached. Unless ``executed`` is True, the operation did not run."""
+    """The store cannot be reached. Unless ``executed`` is True, the operation did not run.
+
+    ``retry_after``: seconds after which a retry may find the store back (the 503's
+    ``Retry-After``)."""
 
     status = 503
     title = "Idempotency store unavailable"
 
-    def __init__(self, message: str, *, executed: bool = False, value: Any = None) -> None:
+    def __init__(
+        self, message: str, *, executed: bool = False, value: Any = None, retry_after: float = 1.0
+    ) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
         #: True when the store failed after the operation ran (its result could not be recorded;
         #: the claim frees itself when its lease runs out). ``value`` is then the live result.
         self.executed = executed
@@ -138,3 +173,16 @@ class StoreUnavailableError(IdempoError):
 
 class StoreError(IdempoError):
     """The store answered, but not as the contract says (schema missing, corrupt record)."""
+
+
+class VersionConflictError(IdempoError):
+    """The row's version is not the one the update expected: someone else changed it (or this
+    update was already applied). Raised by :func:`idempo.sql.update_if_version`."""
+
+    status = 409
+    title = "Conflict: the resource changed since it was read"
+
+    def __init__(self, message: str, *, expected: int, table: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.table = table

@@ -12,31 +12,25 @@ required, 400) problem+json responses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
-from idempo.core.http import DEFAULT_METHODS, HttpConfig, Route
+from idempo.core.http import HttpConfig, HttpOptions, check_options
 
 __all__ = ["document_idempotency"]
 
 _PROBLEM = {"application/problem+json": {"schema": {"type": "object"}}}
 
 
-def document_idempotency(
-    app: Any,
-    *,
-    header: str = "Idempotency-Key",
-    required: bool = False,
-    methods: Iterable[str] = DEFAULT_METHODS,
-    routes: Iterable[Route] = (),
-) -> None:
-    """Add the key header to the OpenAPI operations the middleware guards."""
-    config = HttpConfig.of(
-        header=header,
-        methods=methods,
-        required=required,
-        routes=routes,
-    )
+def document_idempotency(app: Any, store: Any = None, **options: Unpack[HttpOptions]) -> None:
+    """Add the key header to the OpenAPI operations the middleware guards.
+
+    Takes exactly the middleware's arguments (``store`` and every
+    :class:`~idempo.core.http.HttpOptions`), so that one dict of options can serve both:
+    ``app.add_middleware(IdempotencyMiddleware, **opts); document_idempotency(app, **opts)``.
+    Those that do not change the schema (``store``, ``ttl``, ...) are accepted and unused."""
+    check_options(options)
+    config = HttpConfig.of(options)
+    header = config.header
     original = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
-import sqlite3
 import threading
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
 from idempo._async.engine import AsyncEngine
@@ -27,12 +25,14 @@ from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
 from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
-from idempo.core.fingerprint import bind_call, fingerprint, simple_names
+from idempo.consumers._consumer import Consumer
+from idempo.core.fingerprint import fingerprint as fingerprint_of
 from idempo.core.keys import validate_key, validate_scope
+from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
-from idempo.errors import InvalidKeyError
 from idempo.stores import open_async_store, open_store
+from idempo.stores._bind import bind_async, bind_sync
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
 
@@ -42,10 +42,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_STORE = "sqlite:///idempo.db"
-
-# Keys derived from the arguments (no key= given) carry this prefix, so they cannot collide
-# with keys a caller chose.
-_DERIVED_KEY_PREFIX = "args:"
 
 
 class Idempotency:
@@ -164,7 +160,7 @@ class Idempotency:
         KeyReuseError. See :class:`~idempo._sync.transaction.Transaction`.
         """
         return Transaction(
-            lambda: _bind_sync(self.store, conn),
+            lambda: bind_sync(self.store, conn),
             scope=validate_scope(scope),
             key=validate_key(key),
             fingerprint=fingerprint_of(fingerprint),
@@ -180,7 +176,7 @@ class Idempotency:
             async with idem.atransaction(conn, key=k) as tx: ...
         """
         return AsyncTransaction(
-            lambda: _bind_async(self.async_store, conn),
+            lambda: bind_async(self.async_store, conn),
             scope=validate_scope(scope),
             key=validate_key(key),
             fingerprint=fingerprint_of(fingerprint),
@@ -208,7 +204,7 @@ class Idempotency:
             phases,
             policy=self.policy,
             conn=conn,
-            bind=lambda c: _bind_sync(self.store, c),
+            bind=lambda c: bind_sync(self.store, c),
         )
         return op.run(
             scope=validate_scope(scope),
@@ -231,7 +227,7 @@ class Idempotency:
             phases,
             policy=self.policy,
             conn=conn,
-            bind=lambda c: _bind_async(self.async_store, c),
+            bind=lambda c: bind_async(self.async_store, c),
         )
         return await op.run(
             scope=validate_scope(scope),
@@ -249,12 +245,10 @@ class Idempotency:
         message_id: Callable[[Any], str],
         **options: Any,
     ) -> Any:
-        """A :class:`~idempo.consumer.Consumer` of ``handler`` over this object's async store,
+        """A :class:`~idempo.consumers.Consumer` of ``handler`` over this object's async store,
         with its TTL, lease and serializer. ``name`` is the queue or consumer group,
         ``message_id`` reads a message's id; ``options`` as for Consumer (``transaction=`` for
         the inbox pattern). Broker adapters: :mod:`idempo.consumers`."""
-        from idempo.consumer import Consumer
-
         defaults = {
             "ttl": self.policy.ttl,
             "lease": self.policy.lease,
@@ -316,31 +310,27 @@ class Idempotency:
         never share records, and renaming a function would orphan its records unless ``name``
         pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``: override the defaults.
         """
-        overrides = {
-            k: v for k, v in {"ttl": ttl, "lease": lease, "wait": wait}.items() if v is not None
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in {"ttl": ttl, "lease": lease, "wait": wait, "heartbeat": heartbeat}.items()
+            if v is not None
         }
-        policy = _replace_policy(self.policy, overrides)
-        if heartbeat is not None:
-            policy = dataclasses.replace(policy, heartbeat=heartbeat)
+        policy = dataclasses.replace(self.policy, **overrides) if overrides else self.policy
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
-            op = _Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
+            op = Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
             if inspect.iscoroutinefunction(func):
                 self._check_can_serve(func, want_async=True)
 
                 @functools.wraps(func)
-                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                     s, k, f = op.identify(args, kwargs)
                     engine = AsyncEngine(self.async_store)
-                    return await engine.run(
-                        lambda: func(*args, **kwargs),
-                        scope=s,
-                        key=k,
-                        fingerprint=f,
-                        policy=policy,
-                    )
+                    call = cast(Callable[[], Awaitable[Any]], lambda: func(*args, **kwargs))
+                    return await engine.run(call, scope=s, key=k, fingerprint=f, policy=policy)
 
-                return async_wrapper  # type: ignore[return-value]
+                # Same parameters; the result is the coroutine of func's own result type.
+                return cast(Callable[P, R], async_wrapper)
 
             self._check_can_serve(func, want_async=False)
 
@@ -373,119 +363,3 @@ class Idempotency:
                 f"cannot make def {func.__qualname__} idempotent: this Idempotency holds an "
                 "async store; pass a URL or a sync store (open_store())"
             )
-
-
-def _replace_policy(policy: Policy, overrides: dict[str, float]) -> Policy:
-    if not overrides:
-        return policy
-    return Policy(
-        ttl=overrides.get("ttl", policy.ttl),
-        lease=overrides.get("lease", policy.lease),
-        wait=overrides.get("wait", policy.wait),
-        serializer=policy.serializer,
-        max_outcome_bytes=policy.max_outcome_bytes,
-        heartbeat=policy.heartbeat,
-    )
-
-
-class _Operation:
-    """How one decorated function turns its arguments into (scope, key, fingerprint)."""
-
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        *,
-        key: Callable[..., str] | None,
-        scope: str | Callable[..., str],
-        fingerprint: Callable[..., Any] | None,
-        name: str | None,
-    ) -> None:
-        self.signature = inspect.signature(func)
-        self.simple = simple_names(self.signature)
-        self.name = name or f"{func.__module__}.{func.__qualname__}"
-        self.key = key
-        self.scope = scope
-        self.fingerprint = fingerprint
-        if not isinstance(scope, str) and not callable(scope):
-            raise TypeError("scope must be a str or a callable of the function's arguments")
-        # A constant scope is validated and composed once, here, not on every call.
-        self.fixed_scope = validate_scope(self._scoped(scope)) if isinstance(scope, str) else None
-
-    def _scoped(self, user_scope: str) -> str:
-        # Records of different functions never meet: the operation's name is part of the scope.
-        scoped = f"{user_scope}/{self.name}" if user_scope else self.name
-        try:
-            return validate_scope(scoped)
-        except InvalidKeyError:
-            # A non-ASCII function name, or a long module path with a long scope: still one
-            # stable namespace per (scope, function), spelled as a hash.
-            return "h:" + hashlib.sha256(scoped.encode()).hexdigest()[:40]
-
-    def identify(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, str]:
-        # A wrong call raises the TypeError the function itself would, before any store I/O.
-        arguments = bind_call(self.signature, args, kwargs, self.simple)
-        fp_source = arguments if self.fingerprint is None else self.fingerprint(*args, **kwargs)
-        fp = fingerprint(fp_source)
-        if self.key is None:
-            key = _DERIVED_KEY_PREFIX + fp
-        else:
-            key = validate_key(self.key(*args, **kwargs))
-        if self.fixed_scope is not None:
-            return self.fixed_scope, key, fp
-        assert callable(self.scope)
-        scope = validate_scope(self._scoped(validate_scope(self.scope(*args, **kwargs))))
-        return scope, key, fp
-
-
-def fingerprint_of(value: Any) -> str:
-    """The fingerprint of a transaction's request (None: any request under the key matches)."""
-    return fingerprint(value)
-
-
-def _driver_connection(conn: Any) -> Any:
-    """The DB-API connection under a SQLAlchemy Session or Connection (else ``conn`` itself)."""
-    module = type(conn).__module__
-    if module.startswith("sqlalchemy."):
-        if hasattr(conn, "get_bind") and hasattr(conn, "connection"):  # Session
-            conn = conn.connection()
-        # Connection -> its pooled DB-API connection -> the driver's own connection object.
-        return conn.connection.driver_connection
-    return conn
-
-
-def _bind_sync(store: Store, conn: Any) -> Store:
-    raw = _driver_connection(conn)
-    bind = getattr(store, "bind", None)
-    if bind is None:
-        raise TypeError(
-            "transactional mode needs a SQL store (sqlite:///, postgresql://, mysql://), "
-            f"not {store!r}"
-        )
-    if isinstance(raw, sqlite3.Connection) or type(raw).__module__.startswith(
-        ("psycopg", "pymysql")
-    ):
-        bound: Store = bind(raw)
-        return bound
-    raise TypeError(
-        f"transactional mode does not know {type(raw).__module__}.{type(raw).__name__}: "
-        "pass a sqlite3, psycopg or PyMySQL connection, or a SQLAlchemy Session/Connection "
-        "over one"
-    )
-
-
-async def _bind_async(store: AsyncStore, conn: Any) -> AsyncStore:
-    module = type(conn).__module__
-    if module.startswith("sqlalchemy."):
-        if hasattr(conn, "get_bind") and hasattr(conn, "connection"):  # AsyncSession
-            conn = await conn.connection()
-        raw = (await conn.get_raw_connection()).driver_connection
-    else:
-        raw = conn
-    bind = getattr(store, "bind", None)
-    if bind is None or not type(raw).__module__.startswith("psycopg"):
-        raise TypeError(
-            "async transactional mode needs a postgresql:// store and a psycopg AsyncConnection "
-            f"(or a SQLAlchemy AsyncSession over one), not {type(raw).__name__} on {store!r}"
-        )
-    bound: AsyncStore = bind(raw)
-    return bound

@@ -20,22 +20,9 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from idempo.errors import IdempoError
+from idempo.errors import VersionConflictError
 
 __all__ = ["VersionConflictError", "update_if_version", "upsert"]
-
-
-class VersionConflictError(IdempoError):
-    """The row's version is not the one the update expected: someone else changed it (or this
-    update was already applied)."""
-
-    status = 409
-    title = "Conflict: the resource changed since it was read"
-
-    def __init__(self, message: str, *, expected: int, table: str) -> None:
-        super().__init__(message)
-        self.expected = expected
-        self.table = table
 
 
 class _Dialect:

@@ -20,14 +20,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idempo._async.engine import AsyncEngine
-from idempo.core.decide import Replay
-from idempo.core.outcome import encode_result
+from idempo._async.engine import AsyncEngine, AsyncHeld
+from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError
 from idempo.stores.base import AsyncStore
@@ -107,52 +105,45 @@ class AsyncPhasedOperation:
         self.engine = AsyncEngine(store)
 
     async def run(self, *, scope: str, key: str, fingerprint: str) -> Any:
-        decision = await self.engine.acquire(scope, key, fingerprint, self.policy)
-        if isinstance(decision, Replay):
-            return self.engine.replay(decision.outcome, scope=scope, key=key, policy=self.policy)
-        token = decision.token
-        results = _load_point(decision.recovery_point)
+        held = await self.engine.acquire(scope, key, fingerprint, self.policy)
+        if isinstance(held, Replay):
+            return self.engine.replay(held.outcome, scope=scope, key=key, policy=self.policy)
+        if isinstance(held, Reject):
+            raise held.error
+        results = _load_point(held.recovery_point)
         if results:
             log.info("idempo: resuming %r/%r after phases %s", scope, key, list(results))
         ctx = AsyncPhaseContext(scope, key, results, self.conn)
         try:
             # The lease is renewed while a (long) phase runs, so only a crashed worker's claim
             # runs out; each recovery point renews it too.
-            async with self.engine.heartbeat(scope, key, token, self.policy):
+            async with held.heartbeat():
                 for phase in self.phases:
                     if phase.name in results:
                         continue  # done before a crash or an error: never again
                     if phase.local:
-                        await self._run_local(phase, ctx, scope, key, token)
+                        await self._run_local(phase, ctx, held)
                     else:
                         results[phase.name] = await phase.run(ctx)
-                        await self.store.set_recovery_point(
-                            scope, key, token, _dump_point(results), lease=self.policy.lease
-                        )
+                        await held.set_recovery_point(_dump_point(results))
         except BaseException:
             # Unlike a plain call, the claim is NOT released: the recovery point must survive
-            # for the retry, which takes over once the lease runs out (or at once: see below).
-            await self._expire_lease(scope, key, token)
+            # for the retry, which takes over at once (the lease ends now).
+            await held.expire()
             raise
-        value = results[self.phases[-1].name]
-        encoded = encode_result(self.policy.serializer, value, self.policy.max_outcome_bytes)
-        await self.store.complete(scope, key, token, encoded.data, ttl=self.policy.ttl)
-        if encoded.error is not None:
-            raise encoded.error
-        return value
+        return await held.finish(results[self.phases[-1].name])
 
-    async def _run_local(
-        self, phase: AsyncPhase, ctx: AsyncPhaseContext, scope: str, key: str, token: str
-    ) -> None:
-        """The phase's writes and its recovery point in one transaction of ``conn``."""
+    async def _run_local(self, phase: AsyncPhase, ctx: AsyncPhaseContext, held: AsyncHeld) -> None:
+        """The phase's writes and its recovery point in one transaction of ``conn``: binding
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
         assert self._bind is not None
         bound = await self._bind(self.conn)
-        if isinstance(self.conn, sqlite3.Connection) and not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")  # the phase's writes and its point: one unit
         try:
             value = await phase.run(ctx)
             point = _dump_point({**ctx.results, phase.name: value})
-            await bound.set_recovery_point(scope, key, token, point, lease=self.policy.lease)
+            await bound.set_recovery_point(
+                held.scope, held.key, held.token, point, lease=self.policy.lease
+            )
             await self.conn.commit()
         except BaseException:
             # The original error matters; a connection that is already gone cannot roll back
@@ -161,10 +152,3 @@ class AsyncPhasedOperation:
                 await self.conn.rollback()
             raise
         ctx.results[phase.name] = value
-
-    async def _expire_lease(self, scope: str, key: str, token: str) -> None:
-        """Let a retry take over at once: our lease ends now (the recovery point stays)."""
-        try:
-            await self.store.extend(scope, key, token, lease=0)
-        except Exception:
-            log.warning("idempo: could not hand over %r/%r; its lease will run out", scope, key)

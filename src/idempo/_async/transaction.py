@@ -17,15 +17,16 @@ The sync twin (``_sync/transaction.py``) is generated.
 
 from __future__ import annotations
 
-import secrets
+import dataclasses
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from idempo._async.engine import AsyncEngine, AsyncHeld
 from idempo.core import outcome as outcomes
-from idempo.core.decide import Execute, Reject, Replay, decide
+from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
-from idempo.errors import IdempoError, OutcomeNotStoredError
+from idempo.errors import IdempoError
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncTransaction"]
@@ -59,38 +60,24 @@ class AsyncTransaction:
         self.policy = policy
         self.replayed = False
         self.result: Any = _UNSET
-        self._token: str | None = None
+        self._held: AsyncHeld | None = None
+        self._policy = dataclasses.replace(policy, wait=0.0, heartbeat=False)
 
     async def __aenter__(self) -> AsyncTransaction:
         self.store = await self._bind()
-        token = secrets.token_hex(16)
-        claim = await self.store.claim(
-            self.scope,
-            self.key,
-            self.fingerprint,
-            token,
-            lease=self.policy.lease,
-            ttl=self.policy.ttl,
-        )
         # No waiting here: a duplicate already waited on the row lock inside the claim.
-        decision = decide(claim)
+        decision = await AsyncEngine(self.store).acquire(
+            self.scope, self.key, self.fingerprint, self._policy
+        )
         if isinstance(decision, Reject):
             raise decision.error
-        if isinstance(decision, Execute):
-            self._token = decision.token
-            return self
-        assert isinstance(decision, Replay)  # wait=0: decide() never says Wait
-        value = outcomes.decode(self.policy.serializer, decision.outcome)
-        if isinstance(value, outcomes.NotStored):
-            raise OutcomeNotStoredError(
-                f"idempotency key {self.key!r} already ran, but its result was not kept "
-                f"({value.reason})",
-                reason=value.reason,
-                key=self.key,
-                scope=self.scope,
+        if isinstance(decision, Replay):
+            self.result = outcomes.replayed(
+                self.policy.serializer, decision.outcome, scope=self.scope, key=self.key
             )
-        self.replayed = True
-        self.result = value
+            self.replayed = True
+            return self
+        self._held = decision
         return self
 
     async def __aexit__(
@@ -99,21 +86,13 @@ class AsyncTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None or self._token is None:
+        if exc_type is not None or self._held is None:
             return  # the caller's rollback undoes the claim; a replay wrote nothing
         if self.result is _UNSET:
             raise IdempoError(
                 f"transaction for idempotency key {self.key!r} ended without a result: set "
                 "tx.result (None is a result) before leaving the block"
             )
-        encoded = outcomes.encode_result(
-            self.policy.serializer, self.result, self.policy.max_outcome_bytes
-        )
-        if encoded.error is not None:
-            # Raised before anything is written: the caller's transaction rolls back whole, the
-            # effect with it, so nothing has happened and a fixed retry may run.
-            raise encoded.error
-        assert self.store is not None
-        await self.store.complete(
-            self.scope, self.key, self._token, encoded.data, ttl=self.policy.ttl
-        )
+        # An unkeepable result raises before anything is written: the caller's transaction
+        # rolls back whole, the effect with it, so nothing has happened and a fixed retry may run.
+        await self._held.finish(self.result, unstorable="raise_before_write")

@@ -1,8 +1,19 @@
 # DO NOT EDIT: generated from src/idempo/_async/engine.py by scripts/unasync.py
-"""The engine driver: claim -> execute -> record -> replay, over an sync store.
+"""The engine: claim -> execute -> record -> replay, over an sync store.
+
+Every driver (the decorator, transactional mode, atomic phases, the consumers and the HTTP
+front) runs one lifecycle::
+
+    decision = engine.acquire(scope, key, fingerprint, policy)
+    match decision:
+        case Held():  # we hold the claim: run, then finish (or release)
+        case Replay():     # already done: engine.replay(decision.outcome)
+        case Reject():     # refused: decision.error says why (409, 422)
 
 All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
-only performs the I/O they call for. The sync twin in ``_sync/engine.py`` is generated.
+only performs the I/O they call for. The lease handle :class:`Held` is the one place that
+renews, completes, releases and hands over a claim, so no driver writes its own finish. The
+sync twin in ``_sync/engine.py`` is generated.
 
 Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
 """
@@ -15,33 +26,211 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 from idempo._primitives import sync_periodic, sync_sleep
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
+from idempo.core.outcome import Keep, Release
 from idempo.core.policy import Policy
-from idempo.errors import LeaseLostError, OutcomeNotStoredError, StoreUnavailableError
+from idempo.errors import LeaseLostError, StoreUnavailableError
 from idempo.stores.base import Store
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Held", "Unstorable"]
 
 log = logging.getLogger("idempo")
+
+#: What :meth:`Held.finish` does with a result the serializer cannot keep: ``"raise"``
+#: keeps a not-stored marker, then raises the SerializationError (the live value on it);
+#: ``"raise_before_write"`` raises before writing anything (transactional mode: the caller's
+#: rollback then undoes the effect too); ``"log"`` keeps the marker and logs (consumers: the
+#: message is acked, there is nobody to raise to).
+Unstorable = Literal["raise", "raise_before_write", "log"]
+
+
+class Held:
+    """A claim this process holds: the lease handle of one execution.
+
+    It carries what every later step needs (store, scope, key, fencing token, policy), so a
+    driver never threads them by hand. ``takeover`` is True when it took over an expired claim
+    (the earlier holder stopped mid-way: its effects may be partly there); ``recovery_point`` is
+    the last one that holder recorded (atomic phases resume from it).
+    """
+
+    __slots__ = (
+        "_beat",
+        "key",
+        "policy",
+        "recovery_point",
+        "scope",
+        "store",
+        "takeover",
+        "token",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        scope: str,
+        key: str,
+        token: str,
+        policy: Policy,
+        *,
+        takeover: bool = False,
+        recovery_point: bytes | None = None,
+    ) -> None:
+        self.store = store
+        self.scope = scope
+        self.key = key
+        self.token = token
+        self.policy = policy
+        self.takeover = takeover
+        self.recovery_point = recovery_point
+        self._beat: AbstractContextManager[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Held {self.scope!r}/{self.key!r} takeover={self.takeover}>"
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    def extend(self, lease: float | None = None) -> float:
+        """Renew the lease for ``lease`` seconds (default: the policy's); the new deadline, by
+        the store's clock. Raises LeaseLostError if another execution took over."""
+        return self.store.extend(
+            self.scope, self.key, self.token, lease=self.policy.lease if lease is None else lease
+        )
+
+    def set_recovery_point(self, point: bytes) -> float:
+        """Record the phase reached (fenced, renews the lease), so that a takeover after a
+        crash resumes from it."""
+        return self.store.set_recovery_point(
+            self.scope, self.key, self.token, point, lease=self.policy.lease
+        )
+
+    def heartbeat(
+        self,
+        also: Callable[[], object] | None = None,
+        *,
+        interval: float | None = None,
+    ) -> AbstractContextManager[None]:
+        """Renew the lease every ``lease / 3`` seconds while the block runs (if the policy asks
+        for it), so that a live operation longer than its lease is not taken over; only a
+        crashed holder's claim runs out. ``also`` is called after each renewal (a broker's
+        keepalive). A lost lease stops the beats; a failed renewal (a store blip) does not."""
+        if not self.policy.heartbeat:
+            return contextlib.nullcontext()
+        every = self.policy.lease / 3 if interval is None else interval
+        if also is None:
+            return sync_periodic(self.extend, every, fatal=(LeaseLostError,))
+
+        def beat() -> None:
+            self.extend()
+            also()
+
+        return sync_periodic(beat, every, fatal=(LeaseLostError,))
+
+    def start_heartbeat(self) -> None:
+        """:meth:`heartbeat` for a block that is not one ``with`` statement (a response that
+        streams after the handler returned): beats until :meth:`stop_heartbeat`."""
+        if self._beat is None:
+            self._beat = self.heartbeat()
+            self._beat.__enter__()
+
+    def stop_heartbeat(self) -> None:
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.__exit__(None, None, None)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def complete(self, data: bytes) -> None:
+        """Keep ``data`` (an outcome envelope) for the policy's TTL. Raises LeaseLostError when
+        another execution took over (fencing) and StoreUnavailableError."""
+        self.store.complete(self.scope, self.key, self.token, data, ttl=self.policy.ttl)
+
+    def release(self) -> None:
+        """Free the key: the execution failed and its outcome is not kept."""
+        self.store.release(self.scope, self.key, self.token)
+
+    def release_quietly(self) -> None:
+        """:meth:`release`, logging instead of raising: the original error matters more, and
+        the claim frees itself when its lease runs out."""
+        try:
+            self.release()
+        except Exception:
+            log.warning(
+                "idempo: could not release the claim of %r/%r; it frees itself when its lease "
+                "runs out",
+                self.scope,
+                self.key,
+                exc_info=True,
+            )
+
+    def expire(self) -> None:
+        """End the lease now, keeping the record and its recovery point, so that a retry takes
+        over at once (atomic phases after a failed phase). Best effort: logged, not raised."""
+        try:
+            self.store.extend(self.scope, self.key, self.token, lease=0)
+        except Exception:
+            log.warning(
+                "idempo: could not hand over %r/%r; its lease will run out", self.scope, self.key
+            )
+
+    def finish(self, value: Any, *, unstorable: Unstorable = "raise") -> Any:
+        """Keep ``value`` as the outcome and return it.
+
+        If it cannot be recorded (LeaseLostError: taken over; StoreUnavailableError), the error
+        says the operation ran (``executed``) and carries the live ``value``, so nothing is
+        lost. A value the serializer cannot keep is handled as ``unstorable`` says; one that is
+        too large is kept as a not-stored marker (a retry is refused, never run again).
+        """
+        policy = self.policy
+        encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
+        if encoded.error is not None and unstorable == "raise_before_write":
+            raise encoded.error
+        try:
+            self.complete(encoded.data)
+        except (LeaseLostError, StoreUnavailableError) as exc:
+            exc.executed, exc.value = True, value
+            raise
+        if encoded.error is not None:
+            if unstorable == "raise":
+                raise encoded.error
+            log.warning("idempo: result of %r/%r not kept: %s", self.scope, self.key, encoded.error)
+        elif not encoded.stored:
+            log.warning("idempo: result of %r/%r not kept: too large", self.scope, self.key)
+        return value
+
+    def settle(self, outcome: Keep | Release) -> None:
+        """Keep or release after the caller has already answered (HTTP): a store failure is
+        logged, not raised, since there is nobody left to tell. A retry after the lease runs
+        out may then run the handler again."""
+        self.stop_heartbeat()
+        try:
+            if isinstance(outcome, Keep):
+                self.complete(outcome.data)
+            else:
+                self.release()
+        except (LeaseLostError, StoreUnavailableError) as exc:
+            log.error("idempo: could not record the response of key %r: %s", self.key, exc)
 
 
 class Engine:
     """Runs operations at most once per (scope, key) at a time, and replays their results."""
+
+    __slots__ = ("store",)
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def acquire(
         self, scope: str, key: str, fingerprint: str, policy: Policy
-    ) -> Execute | Replay:
+    ) -> Held | Replay | Reject:
         """Claim the key, waiting for an in-flight duplicate if the policy allows.
 
-        Returns Execute (we hold the claim) or Replay (stored outcome); raises the refusal
-        (KeyReuseError, InProgressError) otherwise.
+        Returns the decision, never raises it: Held (we hold the claim), Replay (the
+        stored outcome), or Reject (KeyReuseError, InProgressError in ``error``). Store
+        failures raise (StoreUnavailableError, StoreError).
         """
         token = secrets.token_hex(16)
         started = time.monotonic()
@@ -53,13 +242,24 @@ class Engine:
             decision = decide(
                 result, waited=time.monotonic() - started, wait=policy.wait, attempt=attempt
             )
-            if isinstance(decision, Execute | Replay):
-                return decision
-            if isinstance(decision, Reject):
-                raise decision.error
-            assert isinstance(decision, Wait)
-            sync_sleep(decision.delay)
-            attempt += 1
+            match decision:
+                case Execute():
+                    if decision.takeover:
+                        log.warning("idempo: took over the expired claim of %r/%r", scope, key)
+                    return Held(
+                        self.store,
+                        scope,
+                        key,
+                        decision.token,
+                        policy,
+                        takeover=decision.takeover,
+                        recovery_point=decision.recovery_point,
+                    )
+                case Replay() | Reject():
+                    return decision
+                case Wait():
+                    sync_sleep(decision.delay)
+                    attempt += 1
 
     def run(
         self,
@@ -70,81 +270,23 @@ class Engine:
         fingerprint: str,
         policy: Policy,
     ) -> Any:
-        """Run ``call`` once per (scope, key, fingerprint), or replay its first run's result."""
+        """Run ``call`` once per (scope, key, fingerprint), or replay its first run's result.
+
+        The one driver that wants exceptions: a refusal raises its error."""
         decision = self.acquire(scope, key, fingerprint, policy)
         if isinstance(decision, Replay):
             return self.replay(decision.outcome, scope=scope, key=key, policy=policy)
-        token = decision.token
-        if decision.takeover:
-            log.warning("idempo: took over the expired claim of %r/%r", scope, key)
+        if isinstance(decision, Reject):
+            raise decision.error
         try:
-            with self.heartbeat(scope, key, token, policy):
+            with decision.heartbeat():
                 value = call()
         except BaseException:
             # A failure is not kept: free the key so that a retry runs the operation again.
-            self.release_quietly(scope, key, token)
+            decision.release_quietly()
             raise
-        encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
-        try:
-            self.store.complete(scope, key, token, encoded.data, ttl=policy.ttl)
-        except (LeaseLostError, StoreUnavailableError) as exc:
-            # The operation ran but its result could not be recorded. Say so, and hand back the
-            # live result so that nothing is lost.
-            exc.executed, exc.value = True, value
-            raise
-        if encoded.error is not None:
-            raise encoded.error
-        if not encoded.stored:
-            log.warning("idempo: result of %r/%r not kept: too large", scope, key)
-        return value
-
-    def heartbeat(
-        self, scope: str, key: str, token: str, policy: Policy
-    ) -> AbstractContextManager[None]:
-        """Renew the claim's lease every ``lease / 3`` seconds while the block runs (if the
-        policy asks for it), so that a live operation longer than its lease is not taken over;
-        only a crashed holder's claim runs out."""
-        if not policy.heartbeat:
-            return contextlib.nullcontext()
-        return sync_periodic(
-            lambda: self.store.extend(scope, key, token, lease=policy.lease), policy.lease / 3
-        )
+        return decision.finish(value)
 
     def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
-        value = outcomes.decode(policy.serializer, data)
-        if isinstance(value, outcomes.NotStored):
-            raise OutcomeNotStoredError(
-                f"idempotency key {key!r} already ran, but its result was not kept "
-                f"({value.reason}); use a new key to run the operation again",
-                reason=value.reason,
-                key=key,
-                scope=scope,
-            )
-        return value
-
-    def settle(
-        self, scope: str, key: str, token: str, data: bytes | None, *, ttl: float
-    ) -> None:
-        """Keep ``data`` as the outcome, or release the key if it is None, after the caller has
-        already answered (HTTP adapters): a store failure is logged, not raised, since there is
-        nobody left to tell. A retry after the lease runs out may then run the handler again."""
-        try:
-            if data is None:
-                self.store.release(scope, key, token)
-            else:
-                self.store.complete(scope, key, token, data, ttl=ttl)
-        except (LeaseLostError, StoreUnavailableError) as exc:
-            log.error("idempo: could not record the response of key %r: %s", key, exc)
-
-    def release_quietly(self, scope: str, key: str, token: str) -> None:
-        try:
-            self.store.release(scope, key, token)
-        except Exception:
-            # The original error matters more. The claim frees itself when its lease runs out.
-            log.warning(
-                "idempo: could not release the claim of %r/%r; it frees itself when its lease "
-                "runs out",
-                scope,
-                key,
-                exc_info=True,
-            )
+        """The value kept in ``data``; OutcomeNotStoredError if the first result was not kept."""
+        return outcomes.replayed(policy.serializer, data, scope=scope, key=key)

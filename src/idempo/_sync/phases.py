@@ -21,14 +21,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idempo._sync.engine import Engine
-from idempo.core.decide import Replay
-from idempo.core.outcome import encode_result
+from idempo._sync.engine import Engine, Held
+from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError
 from idempo.stores.base import Store
@@ -108,52 +106,45 @@ class PhasedOperation:
         self.engine = Engine(store)
 
     def run(self, *, scope: str, key: str, fingerprint: str) -> Any:
-        decision = self.engine.acquire(scope, key, fingerprint, self.policy)
-        if isinstance(decision, Replay):
-            return self.engine.replay(decision.outcome, scope=scope, key=key, policy=self.policy)
-        token = decision.token
-        results = _load_point(decision.recovery_point)
+        held = self.engine.acquire(scope, key, fingerprint, self.policy)
+        if isinstance(held, Replay):
+            return self.engine.replay(held.outcome, scope=scope, key=key, policy=self.policy)
+        if isinstance(held, Reject):
+            raise held.error
+        results = _load_point(held.recovery_point)
         if results:
             log.info("idempo: resuming %r/%r after phases %s", scope, key, list(results))
         ctx = PhaseContext(scope, key, results, self.conn)
         try:
             # The lease is renewed while a (long) phase runs, so only a crashed worker's claim
             # runs out; each recovery point renews it too.
-            with self.engine.heartbeat(scope, key, token, self.policy):
+            with held.heartbeat():
                 for phase in self.phases:
                     if phase.name in results:
                         continue  # done before a crash or an error: never again
                     if phase.local:
-                        self._run_local(phase, ctx, scope, key, token)
+                        self._run_local(phase, ctx, held)
                     else:
                         results[phase.name] = phase.run(ctx)
-                        self.store.set_recovery_point(
-                            scope, key, token, _dump_point(results), lease=self.policy.lease
-                        )
+                        held.set_recovery_point(_dump_point(results))
         except BaseException:
             # Unlike a plain call, the claim is NOT released: the recovery point must survive
-            # for the retry, which takes over once the lease runs out (or at once: see below).
-            self._expire_lease(scope, key, token)
+            # for the retry, which takes over at once (the lease ends now).
+            held.expire()
             raise
-        value = results[self.phases[-1].name]
-        encoded = encode_result(self.policy.serializer, value, self.policy.max_outcome_bytes)
-        self.store.complete(scope, key, token, encoded.data, ttl=self.policy.ttl)
-        if encoded.error is not None:
-            raise encoded.error
-        return value
+        return held.finish(results[self.phases[-1].name])
 
-    def _run_local(
-        self, phase: Phase, ctx: PhaseContext, scope: str, key: str, token: str
-    ) -> None:
-        """The phase's writes and its recovery point in one transaction of ``conn``."""
+    def _run_local(self, phase: Phase, ctx: PhaseContext, held: Held) -> None:
+        """The phase's writes and its recovery point in one transaction of ``conn``: binding
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
         assert self._bind is not None
         bound = self._bind(self.conn)
-        if isinstance(self.conn, sqlite3.Connection) and not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")  # the phase's writes and its point: one unit
         try:
             value = phase.run(ctx)
             point = _dump_point({**ctx.results, phase.name: value})
-            bound.set_recovery_point(scope, key, token, point, lease=self.policy.lease)
+            bound.set_recovery_point(
+                held.scope, held.key, held.token, point, lease=self.policy.lease
+            )
             self.conn.commit()
         except BaseException:
             # The original error matters; a connection that is already gone cannot roll back
@@ -162,10 +153,3 @@ class PhasedOperation:
                 self.conn.rollback()
             raise
         ctx.results[phase.name] = value
-
-    def _expire_lease(self, scope: str, key: str, token: str) -> None:
-        """Let a retry take over at once: our lease ends now (the recovery point stays)."""
-        try:
-            self.store.extend(scope, key, token, lease=0)
-        except Exception:
-            log.warning("idempo: could not hand over %r/%r; its lease will run out", scope, key)

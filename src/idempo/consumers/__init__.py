@@ -1,4 +1,4 @@
-"""Broker adapters for :class:`idempo.consumer.Consumer`: exactly-once message handlers.
+"""Exactly-once message consumers: :class:`Consumer`, and its broker adapters.
 
 ==============================================  ===================  ==========================
 adapter                                         install              default message id
@@ -19,7 +19,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from idempo.consumer import Claim, Consumer, ConsumerOptions, Delivery, Result, Status
+from idempo.consumers._consumer import (
+    Claim,
+    Consumer,
+    ConsumerOptions,
+    Delivery,
+    Handler,
+    Result,
+    Status,
+    Transaction,
+    backoff,
+)
 
 if TYPE_CHECKING:
     from idempo.consumers.nats import JetStreamConsumer
@@ -31,12 +41,15 @@ __all__ = [
     "Consumer",
     "ConsumerOptions",
     "Delivery",
+    "Handler",
     "JetStreamConsumer",
     "RabbitMQConsumer",
     "RedisStreamConsumer",
     "Result",
     "Status",
     "StreamEntry",
+    "Transaction",
+    "backoff",
 ]
 
 _LAZY = {

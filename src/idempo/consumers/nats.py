@@ -47,15 +47,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         f"idempo.consumers.nats needs nats-py ({exc.name} is missing): pip install 'idempo[nats]'"
     ) from exc
 
-from idempo.consumer import (
-    Consumer,
-    ConsumerOptions,
-    Delivery,
-    Handler,
-    _finish,
-    _raise_if_cancelled,
-    _Tasks,
-)
+from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import Tasks, finish_loop, raise_if_cancelled
 from idempo.stores.base import AsyncStore
 
 __all__ = ["JetStreamConsumer", "JetStreamDelivery", "nats_message_id"]
@@ -136,7 +129,7 @@ class JetStreamConsumer(Consumer[Msg]):
     records). ``stream``: found from the subject when omitted. ``concurrency``: messages handled
     at once (and the most fetched in one pull). ``fetch_timeout``: seconds one pull waits for
     messages (also how long :meth:`stop` may wait for the pull in flight). The other options are
-    :class:`~idempo.consumer.Consumer`'s.
+    :class:`~idempo.consumers.Consumer`'s.
     """
 
     def __init__(
@@ -173,7 +166,7 @@ class JetStreamConsumer(Consumer[Msg]):
         self.fetch_timeout = fetch_timeout
         self.ack_timeout = ack_timeout
         self.dead_letter_subject = dead_letter_subject
-        self._tasks = _Tasks(concurrency)
+        self._tasks = Tasks(concurrency)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._ack_wait: float | None = None
         self._loop: asyncio.Task[None] | None = None
@@ -207,7 +200,7 @@ class JetStreamConsumer(Consumer[Msg]):
         self._stopping.set()
         self._tasks.close()
         loop, self._loop = self._loop, None
-        await _finish(loop, self.fetch_timeout + 5)
+        await finish_loop(loop, self.fetch_timeout + 5)
         await self._tasks.drain(grace)
         sub, self._sub = self._sub, None
         if sub is not None:
@@ -237,7 +230,7 @@ class JetStreamConsumer(Consumer[Msg]):
             await self._tasks.wait_free()
             if self._stopping.is_set():
                 return
-            _raise_if_cancelled()
+            raise_if_cancelled()
             try:
                 msgs = await sub.fetch(self._tasks.free, timeout=self.fetch_timeout)
             except TimeoutError:

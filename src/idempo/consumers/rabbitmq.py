@@ -50,7 +50,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'idempo[rabbitmq]'"
     ) from exc
 
-from idempo.consumer import Consumer, ConsumerOptions, Delivery, Handler, _Tasks
+from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import Tasks
 from idempo.stores.base import AsyncStore
 
 __all__ = ["RabbitMQConsumer", "RabbitMQDelivery", "amqp_message_id"]
@@ -126,7 +127,7 @@ class RabbitMQConsumer(Consumer[AbstractIncomingMessage]):
     ``name`` defaults to the queue's name. ``message_id`` defaults to the AMQP ``message_id``
     property; ``id_header="X-Message-Id"`` reads a header instead. The channel's prefetch count
     (``channel.set_qos``) bounds the number of messages handled at once. The other options are
-    :class:`~idempo.consumer.Consumer`'s.
+    :class:`~idempo.consumers.Consumer`'s.
     """
 
     def __init__(
@@ -149,7 +150,7 @@ class RabbitMQConsumer(Consumer[AbstractIncomingMessage]):
         )
         self.queue = queue
         self._tag: ConsumerTag | None = None
-        self._tasks = _Tasks(limit=1 << 30)  # the prefetch count bounds concurrency
+        self._tasks = Tasks(limit=1 << 30)  # the prefetch count bounds concurrency
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._stopping = asyncio.Event()
 

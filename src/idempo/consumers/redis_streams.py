@@ -55,15 +55,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'idempo[redis]'"
     ) from exc
 
-from idempo.consumer import (
-    Consumer,
-    ConsumerOptions,
-    Delivery,
-    Handler,
-    _finish,
-    _raise_if_cancelled,
-    _Tasks,
-)
+from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import Tasks, finish_loop, raise_if_cancelled
 from idempo.stores.base import AsyncStore
 
 __all__ = ["RedisStreamConsumer", "RedisStreamDelivery", "StreamEntry"]
@@ -164,7 +157,7 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
     once. ``block``: seconds one read waits for entries (also how long :meth:`stop` may wait for
     it). ``min_idle``: seconds an entry must sit unacknowledged before it is reclaimed from its
     member; ``reclaim_interval``: seconds between reclaim passes (default ``min_idle / 2``).
-    The other options are :class:`~idempo.consumer.Consumer`'s.
+    The other options are :class:`~idempo.consumers.Consumer`'s.
     """
 
     def __init__(
@@ -221,7 +214,7 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
         )
         self.create_group = create_group
         self.group_start = group_start
-        self._tasks = _Tasks(concurrency)
+        self._tasks = Tasks(concurrency)
         self._inflight: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -249,7 +242,7 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
         self._stopping.set()
         self._tasks.close()
         loop, self._loop = self._loop, None
-        await _finish(loop, self.block + 5)
+        await finish_loop(loop, self.block + 5)
         await self._tasks.drain(grace)
         await self.aclose()
 
@@ -275,7 +268,7 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
             await self._tasks.wait_free()
             if self._stopping.is_set():
                 return
-            _raise_if_cancelled()
+            raise_if_cancelled()
             try:
                 if own_cursor is not None:
                     batch = await self._read(own_cursor)

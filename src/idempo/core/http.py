@@ -1,7 +1,8 @@
-"""HTTP semantics of idempotency keys, free of any framework (IETF draft + Stripe).
+"""HTTP semantics of idempotency keys, free of any framework and of I/O (IETF draft + Stripe).
 
-The ASGI and WSGI adapters translate their requests into these plain values and their answers
-back; every decision about keys, fingerprints, scopes, what to keep and what to replay is here.
+Every decision about keys, fingerprints, scopes, what to keep and what to replay is here; the
+HTTP front (``idempo._async.http``, and its generated sync twin) runs them in order for every
+adapter, and the adapters only translate their framework's requests and responses.
 """
 
 from __future__ import annotations
@@ -10,41 +11,43 @@ import fnmatch
 import hashlib
 import hmac
 import json
-import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qsl, urlencode
 
 from idempo.core import outcome as outcomes
 from idempo.core.fingerprint import fingerprint
 from idempo.core.keys import validate_key
-from idempo.errors import IdempoError, InvalidKeyError, OutcomeNotStoredError
+from idempo.core.outcome import RELEASE, Keep, Release
+from idempo.errors import IdempoError, InvalidKeyError, MissingKeyError, RequestTooLargeError
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DEFAULT_SESSION_COOKIES",
+    "Drop",
     "HttpConfig",
+    "HttpOptions",
     "MissingKeyError",
+    "Pass",
     "RequestTooLargeError",
+    "Respond",
     "ResponseCapture",
     "Route",
     "StoredResponse",
     "decode_response",
-    "default_scope",
     "encode_response",
     "fingerprint_request",
+    "outcome_for",
+    "outcome_for_abandoned",
     "parse_key_header",
     "problem",
     "read_stored",
-    "record_for",
-    "record_for_abandoned",
     "replay_headers",
     "scope_from_credentials",
+    "too_large",
 ]
-
-log = logging.getLogger("idempo")
 
 DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 
@@ -73,18 +76,8 @@ _NOT_STORED_HEADERS = frozenset(
 )
 
 
-class MissingKeyError(IdempoError):
-    """The route requires an idempotency key and the request has none."""
-
-    status = 400
-    title = "Idempotency key required"
-
-
-class RequestTooLargeError(IdempoError):
-    """The request body is larger than the middleware will read to fingerprint it."""
-
-    status = 413
-    title = "Request body too large for idempotent handling"
+# The session cookies of the frameworks users run: Starlette's and Flask's, and Django's.
+DEFAULT_SESSION_COOKIES = ("session", "sessionid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +91,64 @@ class Route:
     methods: frozenset[str] | None = None
 
 
+class HttpOptions(TypedDict, total=False):
+    """The options every HTTP adapter takes (ASGI, WSGI, Django's ``settings.IDEMPO``, and
+    :func:`idempo.fastapi.document_idempotency`), besides ``store``.
+
+    required: answer 400 when a guarded request has no key (default False).
+    methods: the guarded methods, any case (default POST and PATCH).
+    routes: per-route rules (:class:`Route`), the first match wins.
+    header: the key's header (default ``Idempotency-Key``).
+    scope: a callable of the request headers (lower-case names) returning the principal's
+        namespace (default: a keyed hash of the credentials, else of the session cookie).
+    session_cookies: the session cookies the default scope keys cookie-only requests on
+        (default: none for ASGI and WSGI; Django's ``SESSION_COOKIE_NAME`` for Django).
+    ttl, lease, wait: as for functions (seconds).
+    keep_server_errors: keep 5xx answers too (the IETF draft's choice; default False).
+    max_request_bytes: the largest body read to fingerprint a request (default 1 MiB).
+    max_response_bytes: the largest response kept for replay (default 1 MiB).
+    fail_open: when the store is down, pass requests through unguarded instead of answering
+        503 (unsafe: a retry may then run twice).
+    store_options: keyword arguments for opening ``store`` when it is a URL.
+    """
+
+    required: bool
+    methods: Iterable[str]
+    routes: Iterable[Route]
+    header: str
+    scope: Callable[[Mapping[str, str]], str] | None
+    session_cookies: Iterable[str]
+    ttl: float
+    lease: float
+    wait: float
+    keep_server_errors: bool
+    max_request_bytes: int
+    max_response_bytes: int
+    fail_open: bool
+    store_options: dict[str, Any] | None
+
+
+def check_options(options: Mapping[str, Any], *, allowed: Iterable[str] = ()) -> None:
+    """TypeError naming every option that is not an :class:`HttpOptions` key (nor in
+    ``allowed``): a misspelt option must not be silently ignored."""
+    known = set(HttpOptions.__annotations__) | set(allowed)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"unknown idempotency option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+_CONFIG_OPTIONS = (
+    "header",
+    "required",
+    "keep_server_errors",
+    "max_request_bytes",
+    "max_response_bytes",
+    "fail_open",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     header: str = "Idempotency-Key"
@@ -108,19 +159,16 @@ class HttpConfig:
     max_request_bytes: int = 1 << 20
     max_response_bytes: int = 1 << 20
     fail_open: bool = False
-    unavailable_retry_after: int = 1
 
     @classmethod
-    def of(
-        cls,
-        *,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        routes: Iterable[Route] = (),
-        **options: Any,
-    ) -> HttpConfig:
+    def of(cls, options: HttpOptions) -> HttpConfig:
         """The configuration from an adapter's options: method names in any case, routes in any
         iterable (every adapter takes the same options; they are normalized here, once)."""
-        return cls(methods=frozenset(m.upper() for m in methods), routes=tuple(routes), **options)
+        return cls(
+            methods=frozenset(m.upper() for m in options.get("methods", DEFAULT_METHODS)),
+            routes=tuple(options.get("routes", ())),
+            **{k: options[k] for k in _CONFIG_OPTIONS if k in options},  # type: ignore[literal-required]
+        )
 
     def guard(self, method: str, path: str) -> tuple[bool, bool]:
         """(is this request guarded, is a key required) for ``method`` on ``path``."""
@@ -184,51 +232,58 @@ def _parse_sf_string(raw: str) -> str:
     raise InvalidKeyError("malformed Idempotency-Key: unterminated quoted string")
 
 
-def scope_from_credentials(secret: str | bytes = b"") -> Callable[[Mapping[str, str]], str]:
-    """A ``scope=`` function: the namespace of a request is a keyed hash of its credentials
-    (``Authorization`` and ``X-API-Key``), never the credentials themselves.
+def scope_from_credentials(
+    secret: str | bytes = b"", *, cookies: Iterable[str] = ()
+) -> Callable[[Mapping[str, str]], str]:
+    """A ``scope=`` function: the namespace of a request is a keyed hash of its principal's
+    credentials, never the credentials themselves.
 
-    With a ``secret`` (shared by every process of the deployment), a stored scope cannot be
-    brute-forced offline into, say, a Basic-auth password. Requests without credentials share
-    the ``anonymous`` scope: **an app whose users are identified by a session cookie must pass
-    ``scope=``** keyed on the session id (the Django middleware does so by default). The whole
-    Cookie header is not used: a response that sets any cookie would move the client's retry
-    into another scope, where it would run again. A warning is logged once when cookie-only
-    requests fall into the anonymous scope.
+    The credentials are ``Authorization`` and ``X-API-Key``; a request with neither is keyed
+    on its session cookie (the first of ``cookies`` it carries; e.g.
+    :data:`DEFAULT_SESSION_COOKIES`, the frameworks' ``session`` and ``sessionid``), so that two
+    users of a cookie-session app never share a namespace. Only the session cookie counts, not
+    the whole Cookie header: a response that sets some other cookie must not move the client's
+    retry into another scope, where it would run again. A request with no credential at all is
+    ``anonymous``.
+
+    With a ``secret`` (shared by every process of the deployment; the adapters read
+    ``IDEMPO_SCOPE_SECRET``), a stored scope cannot be brute-forced offline into, say, a
+    Basic-auth password.
     """
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    names = tuple(cookies)
 
-    warned = False
+    def principal(message: str) -> str:
+        digest = hmac.new(key, message.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return "principal:" + digest.hexdigest()[:40]
 
     def scope(headers: Mapping[str, str]) -> str:
-        nonlocal warned
-        credentials = [headers.get("authorization", ""), headers.get("x-api-key", "")]
-        if not any(credentials):
-            if headers.get("cookie") and not warned:
-                # Cookies are not hashed by default: any response that sets one would move the
-                # client's retry into another scope, where it runs again. Say so once.
-                warned = True
-                log.warning(
-                    "idempo: requests with cookies but no Authorization/X-API-Key share the "
-                    "anonymous scope; for cookie sessions pass scope= (e.g. the session id)"
-                )
-            return "anonymous"
-        message = "\x00".join(credentials).encode("utf-8", "surrogateescape")
-        return "principal:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:40]
+        authorization = headers.get("authorization", "")
+        api_key = headers.get("x-api-key", "")
+        if authorization or api_key:
+            return principal(f"{authorization}\x00{api_key}")
+        cookie = headers.get("cookie")
+        if cookie and names:
+            session = session_cookie(cookie, names)
+            if session:
+                # Spelled as a credential, so that a Django app's records keep their scope.
+                return principal(f"session {session}\x00")
+        return "anonymous"
 
     return scope
 
 
-def default_scope(headers: Mapping[str, str]) -> str:
-    """The default ``scope=``: :func:`scope_from_credentials` keyed with the
-    ``IDEMPO_SCOPE_SECRET`` environment variable (set it in production; see that function)."""
-    global _default_scope_fn
-    if _default_scope_fn is None:
-        _default_scope_fn = scope_from_credentials(os.environ.get("IDEMPO_SCOPE_SECRET", ""))
-    return _default_scope_fn(headers)
-
-
-_default_scope_fn: Callable[[Mapping[str, str]], str] | None = None
+def session_cookie(header: str, names: tuple[str, ...]) -> str | None:
+    """The value of the first of ``names`` found in a Cookie header (RFC 6265 pairs)."""
+    found: dict[str, str] = {}
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name in names and value and name not in found:
+            found[name] = value
+    for name in names:
+        if name in found:
+            return found[name]
+    return None
 
 
 def _json_number(text: str) -> float | int:
@@ -299,10 +354,9 @@ def replay_headers(stored: StoredResponse) -> list[tuple[str, str]]:
     ]
 
 
-def problem(
-    error: IdempoError, *, instance: str | None = None
-) -> tuple[int, list[tuple[str, str]], bytes]:
-    """An RFC 9457 problem+json response for ``error``: status, headers, body."""
+def problem(error: IdempoError, *, instance: str | None = None) -> Respond:
+    """An RFC 9457 problem+json response for ``error``, with ``Retry-After`` when the error
+    says when to retry (409 in progress, 503 store unavailable)."""
     status = error.status
     doc: dict[str, Any] = {
         "type": "about:blank",
@@ -318,7 +372,7 @@ def problem(
         headers.append(("retry-after", str(max(1, int(-(-retry_after // 1))))))
     body = json.dumps(doc).encode()
     headers.append(("content-length", str(len(body))))
-    return status, headers, body
+    return Respond(status, headers, body)
 
 
 ScopeFn = Callable[[Mapping[str, str]], str]
@@ -343,6 +397,8 @@ RESPONSE_SERIALIZER = _ResponseBytes()
 class ResponseCapture:
     """A response as it passes through an adapter: status, headers, body up to a limit."""
 
+    __slots__ = ("chunks", "headers", "limit", "size", "started", "status")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.status = 500
@@ -350,8 +406,6 @@ class ResponseCapture:
         self.chunks: list[bytes] = []
         self.size = 0
         self.started = False  # the status line went out: the handler has answered
-        self.finished = False  # the outcome was settled (kept or released)
-        self.client_gone = False  # sending to the client failed
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = int(status)
@@ -366,41 +420,78 @@ class ResponseCapture:
             self.chunks.clear()  # over the limit: keep nothing rather than a truncated body
 
 
-def record_for(config: HttpConfig, capture: ResponseCapture) -> bytes | None:
-    """What to store for a finished response: its encoding, a not-stored marker if it is too
-    large, or None when it must not be kept (the key is then released)."""
+def outcome_for(config: HttpConfig, capture: ResponseCapture) -> Keep | Release:
+    """What to do with a finished response: keep its encoding, keep a not-stored marker if it
+    is too large (a retry is refused, never run twice), or release the key when the response
+    must not be kept (5xx, 401, 429, ...: a retry runs again)."""
     if not config.keeps(capture.status):
-        return None
+        return RELEASE
     if capture.size > capture.limit:
         reason = f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
-        return outcomes.encode_not_stored(reason)
+        return Keep(outcomes.encode_not_stored(reason))
     encoded = encode_response(capture.status, capture.headers, b"".join(capture.chunks))
-    return outcomes.encode_value(RESPONSE_SERIALIZER, encoded)
+    return Keep(outcomes.encode_value(RESPONSE_SERIALIZER, encoded))
 
 
-def record_for_abandoned(config: HttpConfig, capture: ResponseCapture) -> bytes | None:
-    """What to store when a response stopped before its end because the client went away.
+def outcome_for_abandoned(
+    config: HttpConfig, capture: ResponseCapture, *, client_gone: bool
+) -> Keep | Release:
+    """What to do when a response stopped before its end.
 
-    If the handler had already answered with a status worth keeping, its work is done: keep a
-    not-stored marker, so that the retry is refused (409) instead of running the handler a
-    second time. Otherwise (no answer yet, or an answer never kept) release the key (None).
+    If the client went away after the handler had answered with a status worth keeping, the
+    handler's work is done: keep a not-stored marker, so that the retry is refused (409)
+    instead of running the handler a second time. Otherwise (the handler failed, never
+    answered, or answered with a status never kept) release the key.
     """
-    if not capture.started or not config.keeps(capture.status):
-        return None
-    return outcomes.encode_not_stored(
-        "the response was not delivered in full (the client went away while it was sent)"
+    if not client_gone or not capture.started or not config.keeps(capture.status):
+        return RELEASE
+    return Keep(
+        outcomes.encode_not_stored(
+            "the response was not delivered in full (the client went away while it was sent)"
+        )
     )
 
 
 def read_stored(data: bytes, *, key: str, scope: str) -> StoredResponse:
     """The kept response, or OutcomeNotStoredError if the first one was not kept."""
-    value = outcomes.decode(RESPONSE_SERIALIZER, data)
-    if isinstance(value, outcomes.NotStored):
-        raise OutcomeNotStoredError(
-            f"the first request with this key completed, but its response was not kept "
-            f"({value.reason}); use a new key to repeat the operation",
-            reason=value.reason,
-            key=key,
-            scope=scope,
-        )
-    return decode_response(value)
+    kept = outcomes.replayed(RESPONSE_SERIALIZER, data, scope=scope, key=key, what="response")
+    return decode_response(kept)
+
+
+def too_large(limit: int) -> RequestTooLargeError:
+    """The error for a request body over ``limit`` bytes (every adapter says it the same way)."""
+    return RequestTooLargeError(
+        f"the request body is over {limit} bytes, the most this endpoint reads to recognise a "
+        "retried request"
+    )
+
+
+# -- what the HTTP front tells an adapter to do -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Hand the request to the app unguarded. ``body``: the body already read (to fingerprint
+    it), which the app must get instead of the spent stream; None if it was not read."""
+
+    body: bytes | None = None
+
+
+PASS = Pass()
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer this instead of running the app: a replay, or a problem+json refusal."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The client went away before its request arrived in full: nobody is left to answer."""
+
+
+DROP = Drop()

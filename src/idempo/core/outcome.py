@@ -16,7 +16,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from idempo.errors import SerializationError
+from idempo.errors import OutcomeNotStoredError, SerializationError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,9 +26,13 @@ __all__ = [
     "Serializer",
     "decode",
     "Encoded",
+    "Keep",
+    "RELEASE",
+    "Release",
     "encode_not_stored",
     "encode_result",
     "encode_value",
+    "replayed",
 ]
 
 FORMAT_VERSION = 1
@@ -157,3 +161,36 @@ def encode_result(serializer: Serializer, value: Any, max_bytes: int) -> Encoded
         reason = f"too large to keep: {len(payload)} bytes, the limit is {max_bytes}"
         return Encoded(encode_not_stored(reason), stored=False)
     return Encoded(encode_value(serializer, payload), stored=True)
+
+
+def replayed(
+    serializer: Serializer, data: bytes, *, scope: str, key: str, what: str = "result"
+) -> Any:
+    """The value kept in ``data``, for a replay: the one place a not-stored marker becomes
+    :class:`~idempo.errors.OutcomeNotStoredError` (``what``: "result", or "response" over HTTP).
+    The operation is not run again: it ran, only its result is missing."""
+    value = decode(serializer, data)
+    if isinstance(value, NotStored):
+        raise OutcomeNotStoredError(
+            f"idempotency key {key!r} already ran, but its {what} was not kept "
+            f"({value.reason}); use a new key to run the operation again",
+            reason=value.reason,
+            key=key,
+            scope=scope,
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """Keep ``data`` (an outcome envelope) as the key's outcome."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Keep nothing: free the key, so that a retry runs the operation again."""
+
+
+RELEASE = Release()

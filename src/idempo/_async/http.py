@@ -1,0 +1,218 @@
+"""The HTTP front: the request algorithm of idempotency keys, once, for every adapter.
+
+An adapter (ASGI, WSGI, Django, the gateway) wraps its framework's request in an
+:class:`AsyncRequest` and asks :meth:`AsyncHttpFront.admit` what to do. The front decides, in
+this order, each decision made by :mod:`idempo.core.http` or the engine::
+
+    guard (method, route) ── not guarded ──────────────────────────▶ Pass
+    key header ── malformed ──▶ 400 · missing ──▶ 400 if required, else Pass
+    body ── too large ──▶ 413 · the client went away ──▶ Drop
+    principal (scope) ── invalid ──▶ 400
+    fingerprint ─▶ acquire
+      ├─ store unavailable ──▶ Pass(body) if fail_open, else 503 + Retry-After
+      ├─ refused ────────────▶ 409 + Retry-After (in flight) · 422 (another request)
+      ├─ replay ─────────────▶ Respond(the kept response, Idempotent-Replayed: true)
+      └─ held ───────────────▶ AsyncRecorder: run the app, recording its response
+
+The :class:`AsyncRecorder` owns the lease for the rest of the request: it renews it while the
+app runs and its body streams, and keeps or releases the key when the response ends (or stops
+short). The adapters only move bytes. The sync twin (``_sync/http.py``) is generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from idempo._async.engine import AsyncEngine, AsyncHeld
+from idempo.core.decide import Reject, Replay
+from idempo.core.http import (
+    DROP,
+    PASS,
+    Drop,
+    HttpConfig,
+    HttpOptions,
+    Pass,
+    Respond,
+    ResponseCapture,
+    check_options,
+    fingerprint_request,
+    outcome_for,
+    outcome_for_abandoned,
+    parse_key_header,
+    problem,
+    read_stored,
+    replay_headers,
+    scope_from_credentials,
+)
+from idempo.core.keys import validate_scope
+from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
+from idempo.errors import IdempoError, MissingKeyError, StoreUnavailableError
+from idempo.stores.base import AsyncStore
+
+__all__ = ["AsyncHttpFront", "AsyncRecorder", "AsyncRequest", "default_scope"]
+
+log = logging.getLogger("idempo")
+
+
+class AsyncRequest(Protocol):
+    """What the front needs of a framework's request; each adapter implements it."""
+
+    @property
+    def method(self) -> str:
+        """The method, upper-case."""
+
+    @property
+    def path(self) -> str:
+        """The path, decoded (what routes match)."""
+
+    @property
+    def query(self) -> str:
+        """The raw query string."""
+
+    def key_values(self) -> list[str]:
+        """Every value of the idempotency key header (none: no key)."""
+
+    def headers(self) -> Mapping[str, str]:
+        """The request headers, lower-case names (asked only for a guarded request with a
+        key)."""
+
+    async def body(self, limit: int) -> bytes | None:
+        """The whole body; raises RequestTooLargeError past ``limit`` bytes (or an
+        IncompleteBodyError); None when the client went away before it arrived."""
+
+
+class AsyncRecorder:
+    """One executing request's response, recorded on its way out (starlette's responder
+    pattern): the adapter reports the status line (:meth:`start`) and each chunk (:meth:`add`),
+    then :meth:`finish` at the last chunk, before the client can see the end of it, or
+    :meth:`abandon` when the response stops short. Either one ends the lease's heartbeat and
+    settles the key once; later calls do nothing. ``body`` is the request body that was read,
+    for the app."""
+
+    __slots__ = ("_capture", "_config", "body", "held", "settled")
+
+    def __init__(self, held: AsyncHeld, config: HttpConfig, body: bytes) -> None:
+        self.held = held
+        self.body = body
+        self.settled = False
+        self._config = config
+        self._capture = ResponseCapture(config.max_response_bytes)
+
+    @property
+    def started(self) -> bool:
+        """The app has answered (its status line went out)."""
+        return self._capture.started
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._capture.start(status, headers)
+
+    def add(self, chunk: bytes) -> None:
+        self._capture.add(chunk)
+
+    async def finish(self) -> None:
+        """The response ran to its end: keep it (or release the key, for an answer never
+        kept)."""
+        if not self.settled:
+            self.settled = True
+            await self.held.settle(outcome_for(self._config, self._capture))
+
+    async def abandon(self, *, client_gone: bool) -> None:
+        """The response stopped short. ``client_gone``: sending to the client failed after
+        the app answered (its work is done: a retry is refused, never run twice); otherwise
+        the app failed, and the key is freed for a retry."""
+        if not self.settled:
+            self.settled = True
+            await self.held.settle(
+                outcome_for_abandoned(self._config, self._capture, client_gone=client_gone)
+            )
+
+
+def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
+    """The default ``scope=``: :func:`~idempo.core.http.scope_from_credentials`, keyed with the
+    ``IDEMPO_SCOPE_SECRET`` environment variable (read here, at the edge that builds the
+    middleware, not in core). Without session ``cookies`` to key on, it says once when
+    cookie-only requests fall into the anonymous scope."""
+    scope = scope_from_credentials(os.environ.get("IDEMPO_SCOPE_SECRET", ""), cookies=cookies)
+    if tuple(cookies):
+        return scope
+    warned = False
+
+    def warning_scope(headers: Mapping[str, str]) -> str:
+        nonlocal warned
+        principal = scope(headers)
+        if principal == "anonymous" and not warned and headers.get("cookie"):
+            # Cookies are not hashed by default: any response that sets one would move the
+            # client's retry into another scope, where it runs again. Say so once.
+            warned = True
+            log.warning(
+                "idempo: requests with cookies but no Authorization/X-API-Key share the "
+                "anonymous scope; for cookie sessions pass scope= (e.g. the session id)"
+            )
+        return principal
+
+    return warning_scope
+
+
+class AsyncHttpFront:
+    """The request algorithm over one store, with one adapter's options (see the module)."""
+
+    __slots__ = ("config", "engine", "policy", "scope_fn")
+
+    def __init__(self, store: AsyncStore, options: HttpOptions) -> None:
+        check_options(options)
+        self.config = HttpConfig.of(options)
+        self.policy = Policy(
+            ttl=float(options.get("ttl", DEFAULT_TTL)),
+            lease=float(options.get("lease", DEFAULT_LEASE)),
+            wait=float(options.get("wait", 0.0)),
+        )
+        scope = options.get("scope")
+        if scope is not None and not callable(scope):
+            raise TypeError(f"scope must be a callable of the request headers, not {scope!r}")
+        self.scope_fn = scope or default_scope(options.get("session_cookies", ()))
+        self.engine = AsyncEngine(store)
+
+    async def admit(self, request: AsyncRequest) -> Pass | Respond | Drop | AsyncRecorder:
+        """What to do with ``request``. An AsyncRecorder means: run the app with its
+        ``body`` and report the response to the recorder."""
+        config = self.config
+        method, path = request.method, request.path
+        guarded, required = config.guard(method, path)
+        if not guarded:
+            return PASS
+        try:
+            key = parse_key_header(request.key_values())
+            if key is None:
+                if required:
+                    raise MissingKeyError(f"this route requires an {config.header} header")
+                return PASS
+            body = await request.body(config.max_request_bytes)
+            if body is None:
+                # Claiming a key for a partial request would tie it to the wrong fingerprint.
+                return DROP
+            headers = request.headers()
+            principal = validate_scope(self.scope_fn(headers))
+            fp = fingerprint_request(method, path, request.query, body, headers.get("content-type"))
+            decision = await self.engine.acquire(principal, key, fp, self.policy)
+        except StoreUnavailableError as exc:
+            if config.fail_open:
+                log.warning(
+                    "idempo: store unavailable, passing %s %s through (fail_open)", method, path
+                )
+                return Pass(body)
+            return problem(exc, instance=path)
+        except IdempoError as exc:
+            return problem(exc, instance=path)
+        if isinstance(decision, Replay):
+            try:
+                stored = read_stored(decision.outcome, key=key, scope=principal)
+            except IdempoError as exc:  # not kept, or unreadable
+                return problem(exc, instance=path)
+            return Respond(stored.status, replay_headers(stored), stored.body)
+        if isinstance(decision, Reject):
+            return problem(decision.error, instance=path)
+        await decision.start_heartbeat()
+        return AsyncRecorder(decision, config, body)
