@@ -27,7 +27,7 @@ from typing import Any
 from idempo._async.engine import AsyncEngine, AsyncHeld
 from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
-from idempo.errors import IdempoError
+from idempo.errors import IdempoError, LeaseLostError, StoreUnavailableError
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncPhase", "AsyncPhaseContext", "AsyncPhasedOperation"]
@@ -126,7 +126,11 @@ class AsyncPhasedOperation:
                     else:
                         results[phase.name] = await phase.run(ctx)
                         await held.set_recovery_point(_dump_point(results))
-        except BaseException:
+        except BaseException as exc:
+            last = self.phases[-1].name
+            if isinstance(exc, LeaseLostError | StoreUnavailableError) and last in results:
+                # Every phase ran; only recording the last one failed: hand back its result.
+                exc.executed, exc.value = True, results[last]
             # Unlike a plain call, the claim is NOT released: the recovery point must survive
             # for the retry, which takes over at once (the lease ends now).
             await held.expire()

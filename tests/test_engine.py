@@ -1,0 +1,212 @@
+"""The engine's lifecycle: acquire() returns its decision, and the lease handle (Held) owns the
+heartbeat and every way an execution ends."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idempo import Idempotency
+from idempo._async.engine import AsyncEngine, AsyncHeld
+from idempo._sync.engine import Engine, Held
+from idempo.core.decide import Reject, Replay
+from idempo.core.outcome import RELEASE, Keep, encode_value
+from idempo.core.policy import Policy
+from idempo.errors import (
+    InProgressError,
+    KeyReuseError,
+    LeaseLostError,
+    SerializationError,
+    StoreUnavailableError,
+)
+from idempo.phases import AsyncPhase, Phase
+from idempo.stores.memory import AsyncMemoryStore, MemoryStore
+
+POLICY = Policy(ttl=60, lease=30)
+
+
+class FlakyStore(MemoryStore):
+    """A real MemoryStore whose ``extend`` fails as told: the next ``blips`` calls with
+    StoreUnavailableError (a store blip), and every call after ``lose`` with LeaseLostError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extends = 0
+        self.blips = 0
+        self.lose: int | None = None
+        self.beat = threading.Event()
+
+    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
+        self.extends += 1
+        self.beat.set()
+        if self.blips:
+            self.blips -= 1
+            raise StoreUnavailableError("blip")
+        if self.lose is not None and self.extends >= self.lose:
+            raise LeaseLostError("taken over")
+        return super().extend(scope, key, token, lease=lease)
+
+
+def wait_for_extends(store: FlakyStore, n: int, timeout: float = 5.0) -> None:
+    """Block until the store has seen ``n`` extend calls (or fail after ``timeout``)."""
+    while store.extends < n:
+        store.beat.clear()
+        assert store.beat.wait(timeout), f"only {store.extends} beats, wanted {n}"
+
+
+def test_acquire_returns_every_decision_instead_of_raising() -> None:
+    """acquire() answers Held, Reject(InProgressError), Reject(KeyReuseError) and Replay as
+    values; only run() raises."""
+    engine = Engine(MemoryStore())
+    held = engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(held, Held)
+    assert (held.scope, held.key, held.takeover, held.recovery_point) == ("s", "k", False, None)
+    busy = engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(busy, Reject)
+    assert isinstance(busy.error, InProgressError)
+    other = engine.acquire("s", "k", "other", POLICY)
+    assert isinstance(other, Reject)
+    assert isinstance(other.error, KeyReuseError)
+    assert held.finish({"v": 1}) == {"v": 1}
+    replay = engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(replay, Replay)
+    assert engine.replay(replay.outcome, scope="s", key="k", policy=POLICY) == {"v": 1}
+    with pytest.raises(KeyReuseError):
+        engine.run(lambda: 2, scope="s", key="k", fingerprint="other", policy=POLICY)
+
+
+def test_heartbeat_rides_out_a_store_blip() -> None:
+    """A renewal that fails with a transient error does not stop the heartbeat: the next beat
+    renews the lease, so a live holder keeps its claim through a store blip."""
+    store = FlakyStore()
+    store.blips = 2
+    held = Engine(store).acquire("s", "k", "fp", Policy(ttl=60, lease=0.15))
+    assert isinstance(held, Held)
+    with held.heartbeat():
+        wait_for_extends(store, 4)  # two failed beats, then two that renewed
+    assert store.blips == 0
+    held.finish("done")  # still ours
+
+
+def test_heartbeat_stops_for_good_on_a_lost_lease() -> None:
+    """LeaseLostError stops the beats: the claim is someone else's, renewing is pointless."""
+    store = FlakyStore()
+    store.lose = 2
+    held = Engine(store).acquire("s", "k", "fp", Policy(ttl=60, lease=0.15))
+    assert isinstance(held, Held)
+    with held.heartbeat():
+        wait_for_extends(store, 2)
+        seen = store.extends
+        # Several intervals with no beat: nothing calls extend after the loss.
+        assert not store.beat.wait(0.3) or store.extends == seen
+    assert store.extends == seen
+
+
+async def test_async_heartbeat_rides_out_a_blip_and_stops_on_loss() -> None:
+    """The async heartbeat has the same rule: blips are ridden out, a lost lease stops it."""
+    store = FlakyStore()
+    store.blips = 1
+    store.lose = 3
+    held = await AsyncEngine(AsyncMemoryStore(store)).acquire(
+        "s", "k", "fp", Policy(ttl=60, lease=0.15)
+    )
+    assert isinstance(held, AsyncHeld)
+    async with held.heartbeat():
+        await asyncio.to_thread(wait_for_extends, store, 3)
+        seen = store.extends
+        await asyncio.sleep(0.3)
+    assert store.extends == seen == 3
+
+
+def test_finish_hands_back_the_live_value_when_the_lease_is_lost() -> None:
+    """A holder whose claim was taken over learns it at finish(): LeaseLostError says the
+    operation ran and carries its live result."""
+    store = MemoryStore()
+    engine = Engine(store)
+    held = engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(held, Held)
+    store.delete("s", "k")
+    with pytest.raises(LeaseLostError) as info:
+        held.finish({"charge": 7})
+    assert info.value.executed is True
+    assert info.value.value == {"charge": 7}
+
+
+def test_finish_unstorable_modes() -> None:
+    """An unkeepable result: "raise" keeps a not-stored marker and raises; "raise_before_write"
+    raises with nothing written; "log" keeps the marker and returns the value."""
+    store = MemoryStore()
+    engine = Engine(store)
+    value = {1, 2}  # a set: not JSON
+    for mode, kept in (("raise", True), ("raise_before_write", False), ("log", True)):
+        held = engine.acquire("s", mode, "fp", POLICY)
+        assert isinstance(held, Held)
+        if mode == "log":
+            assert held.finish(value, unstorable="log") is value
+        else:
+            with pytest.raises(SerializationError) as info:
+                held.finish(value, unstorable=mode)  # type: ignore[arg-type]
+            assert info.value.value is value
+        record = store.get("s", mode)
+        assert record is not None
+        assert (record.outcome is not None) is kept
+
+
+def test_settle_keeps_or_releases_and_never_raises() -> None:
+    """settle() is for answers already sent: Keep completes, Release frees the key, and a
+    store failure is logged, not raised."""
+    store = MemoryStore()
+    engine = Engine(store)
+    kept = engine.acquire("s", "kept", "fp", POLICY)
+    freed = engine.acquire("s", "freed", "fp", POLICY)
+    lost = engine.acquire("s", "lost", "fp", POLICY)
+    assert isinstance(kept, Held)
+    assert isinstance(freed, Held)
+    assert isinstance(lost, Held)
+    kept.settle(Keep(encode_value(POLICY.serializer, b'"ok"')))
+    freed.settle(RELEASE)
+    store.delete("s", "lost")
+    lost.settle(Keep(b"x"))  # LeaseLostError inside: logged
+    assert isinstance(engine.acquire("s", "kept", "fp", POLICY), Replay)
+    assert isinstance(engine.acquire("s", "freed", "fp", POLICY), Held)
+
+
+def test_phases_keep_the_live_result_when_the_lease_is_lost() -> None:
+    """A phased operation whose claim was taken over still hands back its last phase's
+    result on LeaseLostError (it used to drop it)."""
+    store = MemoryStore()
+    idem = Idempotency(store=store, lease=30)
+
+    def last(ctx: Any) -> dict[str, int]:
+        store.delete(ctx.scope, ctx.key)  # another worker's takeover, as far as we can tell
+        return {"paid": 10}
+
+    with pytest.raises(LeaseLostError) as info:
+        idem.run_phases([Phase("pay", last)], key="order-1")
+    assert info.value.executed is True
+    assert info.value.value == {"paid": 10}
+
+
+async def test_async_local_phases_refuse_a_sqlite_connection_clearly(tmp_path: Path) -> None:
+    """Async local phases need a psycopg AsyncConnection: a sqlite3 connection is a clear
+    TypeError before anything runs (the async twin used to await sqlite3's commit)."""
+    idem = Idempotency(store=f"sqlite:///{tmp_path / 'idempo.db'}")
+    conn = sqlite3.connect(tmp_path / "app.db")
+    ran = []
+
+    async def write(ctx: Any) -> int:
+        ran.append(1)
+        return 1
+
+    try:
+        with pytest.raises(TypeError, match="psycopg"):
+            await idem.arun_phases([AsyncPhase("write", write, local=True)], key="k", conn=conn)
+    finally:
+        conn.close()
+        await idem.aclose()
+    assert ran == []

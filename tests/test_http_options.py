@@ -1,0 +1,101 @@
+"""One options type for every HTTP adapter: HttpOptions, taken by ASGI, WSGI, Django's settings
+and document_idempotency alike, with misspelt options refused."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from idempo.asgi import IdempotencyMiddleware as AsgiMiddleware
+from idempo.core.http import HttpOptions, Route
+from idempo.fastapi import document_idempotency
+from idempo.wsgi import IdempotencyMiddleware as WsgiMiddleware
+
+# Every option, with a value that differs from its default.
+ALL_OPTIONS: dict[str, Any] = {
+    "required": True,
+    "methods": ["post", "put"],
+    "routes": [Route("/open/*", enabled=False)],
+    "header": "X-Idempotency-Key",
+    "scope": lambda headers: "tenant",
+    "session_cookies": ("session",),
+    "ttl": 60.0,
+    "lease": 5.0,
+    "wait": 0.5,
+    "keep_server_errors": True,
+    "max_request_bytes": 1000,
+    "max_response_bytes": 2000,
+    "fail_open": True,
+    "store_options": {},
+}
+
+
+def test_all_options_covers_the_typed_dict() -> None:
+    """The table above names every HttpOptions key, so the tests below try them all."""
+    assert set(ALL_OPTIONS) == set(typing.get_type_hints(HttpOptions))
+
+
+def test_document_idempotency_takes_exactly_the_middlewares_options() -> None:
+    """store= and ttl= (and every other middleware option) are accepted: one dict serves both
+    (README: "same options"), and the schema follows the options that shape it."""
+    options = {"store": "memory://", **ALL_OPTIONS}
+    app = FastAPI()
+
+    @app.post("/charges")
+    def charge() -> dict[str, str]:
+        return {}
+
+    @app.post("/open/thing")
+    def thing() -> dict[str, str]:
+        return {}
+
+    app.add_middleware(AsgiMiddleware, **options)
+    document_idempotency(app, **options)
+    schema = app.openapi()
+    charge_op = schema["paths"]["/charges"]["post"]
+    (param,) = [p for p in charge_op["parameters"] if p["in"] == "header"]
+    assert param["name"] == "X-Idempotency-Key"
+    assert param["required"] is True
+    assert "400" in charge_op["responses"]
+    assert not any(
+        p.get("in") == "header"
+        for p in schema["paths"]["/open/thing"]["post"].get("parameters", [])
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: AsgiMiddleware(lambda *a: None, "memory://", **kw),
+        lambda **kw: WsgiMiddleware(lambda e, s: [], "memory://", **kw),
+        lambda **kw: document_idempotency(FastAPI(), **kw),
+    ],
+    ids=["asgi", "wsgi", "fastapi"],
+)
+def test_a_misspelt_option_is_a_type_error_naming_it(make: Any) -> None:
+    """An option no adapter knows is refused by name, never silently ignored."""
+    with pytest.raises(TypeError, match="requierd"):
+        make(requierd=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: AsgiMiddleware(lambda *a: None, "memory://", **kw),
+        lambda **kw: WsgiMiddleware(lambda e, s: [], "memory://", **kw),
+    ],
+    ids=["asgi", "wsgi"],
+)
+def test_every_option_is_taken_by_every_middleware(make: Any) -> None:
+    """The middlewares accept the whole of HttpOptions and resolve it to one configuration."""
+    middleware = make(**ALL_OPTIONS)
+    config, policy = middleware.config, middleware.policy
+    assert config.methods == frozenset({"POST", "PUT"})
+    assert config.header == "X-Idempotency-Key"
+    assert (config.required, config.keep_server_errors, config.fail_open) == (True, True, True)
+    assert (config.max_request_bytes, config.max_response_bytes) == (1000, 2000)
+    assert (policy.ttl, policy.lease, policy.wait) == (60.0, 5.0, 0.5)
+    assert middleware.front.scope_fn({}) == "tenant"
