@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 from urllib.parse import parse_qsl, urlencode
 
+import http_sf
+
 from idempo.core import outcome as outcomes
 from idempo.core.fingerprint import fingerprint
 from idempo.core.keys import validate_key
@@ -191,8 +193,11 @@ class HttpConfig:
 def parse_key_header(values: Iterable[str]) -> str | None:
     """The idempotency key from the header's values, or None if absent.
 
-    The draft defines the field as a Structured Field string (``"abc"``); a bare token (``abc``)
-    is accepted too, leniently. More than one value is malformed.
+    The draft defines the field as a Structured Field (RFC 9651) Item: a String (``"abc"``),
+    whose parameters are allowed and ignored (``"abc";v=1``). A bare key (``abc``, a UUID) is
+    accepted too, leniently, as Stripe's clients send it; a bare key never holds a double quote
+    (``"abc`` is neither) nor a comma (two values). Anything else, and more than one value, is
+    malformed.
     """
     values = list(values)
     if not values:
@@ -200,36 +205,32 @@ def parse_key_header(values: Iterable[str]) -> str | None:
     if len(values) > 1:
         raise InvalidKeyError("more than one Idempotency-Key header")
     raw = values[0].strip(" \t")
-    if len(raw) >= 2 and raw[0] == '"':
+    if raw[:1] == '"':
         inner = raw[1:-1]
-        if raw[-1] == '"' and '"' not in inner and "\\" not in inner:
-            return validate_key(inner)  # the common case: no escapes to undo
+        if len(raw) >= 2 and raw[-1] == '"' and '"' not in inner and "\\" not in inner:
+            return validate_key(inner)  # the common case: a plain string, no escapes, no params
         return validate_key(_parse_sf_string(raw))
     if "," in raw:
         # WSGI servers join repeated headers with ", ": a bare key never holds a comma.
         raise InvalidKeyError("more than one Idempotency-Key value (or a bare key with a comma)")
+    if '"' in raw:
+        raise InvalidKeyError(
+            "malformed Idempotency-Key: a bare key cannot hold a double quote; send a "
+            'Structured Field string ("...") instead'
+        )
     return validate_key(raw)
 
 
 def _parse_sf_string(raw: str) -> str:
-    """RFC 8941 section 4.2.5: a quoted string with ``\\"`` and ``\\\\`` escapes, nothing after."""
-    out = []
-    i = 1
-    while i < len(raw):
-        c = raw[i]
-        if c == "\\":
-            if i + 1 >= len(raw) or raw[i + 1] not in '"\\':
-                raise InvalidKeyError("malformed Idempotency-Key: bad escape in quoted string")
-            out.append(raw[i + 1])
-            i += 2
-            continue
-        if c == '"':
-            if raw[i + 1 :].strip(" \t"):
-                raise InvalidKeyError("malformed Idempotency-Key: text after the quoted string")
-            return "".join(out)
-        out.append(c)
-        i += 1
-    raise InvalidKeyError("malformed Idempotency-Key: unterminated quoted string")
+    """A Structured Field Item that must be a String; its parameters are ignored."""
+    try:
+        item = http_sf.parse(raw.encode("latin-1"), tltype="item")
+    except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError) as exc:
+        raise InvalidKeyError(f"malformed Idempotency-Key: {exc}") from None
+    value = item[0] if isinstance(item, tuple) else item
+    if not isinstance(value, str) or isinstance(value, http_sf.Token | http_sf.DisplayString):
+        raise InvalidKeyError("malformed Idempotency-Key: not a Structured Field string")
+    return value
 
 
 def scope_from_credentials(
