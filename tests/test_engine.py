@@ -210,3 +210,37 @@ async def test_async_local_phases_refuse_a_sqlite_connection_clearly(tmp_path: P
         conn.close()
         await idem.aclose()
     assert ran == []
+
+
+class LostReplyStore(MemoryStore):
+    """A real MemoryStore whose next claim is written, then its reply lost on the way back."""
+
+    lose_next = True
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().claim(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StoreUnavailableError("the reply was lost")
+        return result
+
+
+def test_a_claim_whose_reply_was_lost_is_released() -> None:
+    """The client saw StoreUnavailableError, but the claim had been written: the engine knows
+    its token and releases it, so the retry runs at once instead of getting 409 for a lease."""
+    store = LostReplyStore()
+    engine = Engine(store)
+    with pytest.raises(StoreUnavailableError):
+        engine.acquire("s", "k", "fp", POLICY)
+    assert store.get("s", "k") is None
+    retry = engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(retry, Held)
+
+
+async def test_async_a_claim_whose_reply_was_lost_is_released() -> None:
+    """The same through the async engine."""
+    store = LostReplyStore()
+    engine = AsyncEngine(AsyncMemoryStore(store))
+    with pytest.raises(StoreUnavailableError):
+        await engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)

@@ -235,9 +235,15 @@ class AsyncEngine:
         started = time.monotonic()
         attempt = 0
         while True:
-            result = await self.store.claim(
-                scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
-            )
+            try:
+                result = await self.store.claim(
+                    scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
+                )
+            except StoreUnavailableError:
+                # What was lost may be the reply: the claim may be written, under our token.
+                # Release it, or the key stays blocked for a whole lease with nothing running.
+                await self._release_unknown_claim(scope, key, token)
+                raise
             decision = decide(
                 result, waited=time.monotonic() - started, wait=policy.wait, attempt=attempt
             )
@@ -259,6 +265,20 @@ class AsyncEngine:
                 case Wait():
                     await async_sleep(decision.delay)
                     attempt += 1
+
+    async def _release_unknown_claim(self, scope: str, key: str, token: str) -> None:
+        """Best effort, bounded by the store's own timeout: a store that is down fails this
+        at once, and a claim that was never written has nothing to release."""
+        try:
+            await self.store.release(scope, key, token)
+        except Exception:
+            log.debug(
+                "idempo: could not release the unknown claim of %r/%r; it frees itself when its "
+                "lease runs out",
+                scope,
+                key,
+                exc_info=True,
+            )
 
     async def run(
         self,
