@@ -29,6 +29,9 @@ ALL_OPTIONS: dict[str, Any] = {
     "max_request_bytes": 1000,
     "max_response_bytes": 2000,
     "fail_open": True,
+    "replay_deny": ["x-internal-*"],
+    "replay_allow": ["content-type"],
+    "problem_type_base": "https://api.example/problems/",
     "store_options": {},
 }
 
@@ -99,3 +102,52 @@ def test_every_option_is_taken_by_every_middleware(make: Any) -> None:
     assert (config.max_request_bytes, config.max_response_bytes) == (1000, 2000)
     assert (policy.ttl, policy.lease, policy.wait) == (60.0, 5.0, 0.5)
     assert middleware.front.scope_fn({}) == "tenant"
+    assert config.problem_type_base == "https://api.example/problems/"
+    assert config.headers_kept.keeps("Content-Type")
+    assert not config.headers_kept.keeps("X-Charge-Id")  # the allow list wins
+
+
+def test_openapi_documents_every_answer_the_middleware_gives() -> None:
+    """idempo's 422 problem sits beside FastAPI's own validation 422; the 400 is documented
+    wherever a malformed key can be sent, required or not; 409, 413 and 503 too."""
+    app = FastAPI()
+
+    @app.post("/charges")
+    def charge(amount: int) -> dict[str, int]:  # a query parameter: FastAPI adds its own 422
+        return {"amount": amount}
+
+    document_idempotency(app, ttl=3600)
+    responses = app.openapi()["paths"]["/charges"]["post"]["responses"]
+    assert {"400", "409", "413", "422", "503"} <= set(responses)
+    assert set(responses["422"]["content"]) == {"application/json", "application/problem+json"}
+    assert responses["422"]["content"]["application/json"]["schema"]  # FastAPI's is kept
+    problem_schema = responses["409"]["content"]["application/problem+json"]["schema"]
+    assert problem_schema["required"] == ["type", "title", "status"]
+
+
+def test_openapi_header_schema_is_the_one_the_middleware_enforces() -> None:
+    """The header's pattern and maxLength refuse what the middleware refuses (256 characters,
+    a TAB, non-ASCII), and the retention is published."""
+    import re
+
+    app = FastAPI()
+
+    @app.post("/charges")
+    def charge() -> dict[str, int]:
+        return {}
+
+    document_idempotency(app, ttl=7200)
+    (param,) = app.openapi()["paths"]["/charges"]["post"]["parameters"]
+    pattern = re.compile(param["schema"]["pattern"])
+
+    def admitted(value: str) -> bool:
+        return len(value) <= param["schema"]["maxLength"] and bool(pattern.match(value))
+
+    assert admitted('"k1"')
+    assert admitted("550e8400-e29b-41d4-a716-446655440000")
+    assert admitted('"' + "x" * 255 + '"')
+    assert not admitted('"' + "x" * 256 + '"')
+    assert not admitted('"a\tb"')
+    assert not admitted('"caf\u00e9"')
+    assert param["x-idempotency-key-retention-seconds"] == 7200
+    assert "2 hours" in param["description"]

@@ -45,6 +45,7 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 from idempo._recording import RecordingIterable
 from idempo._sync.http import HttpFront, Recorder
 from idempo.core.http import (
+    DEFAULT_SESSION_COOKIES,
     HttpOptions,
     Pass,
     Respond,
@@ -105,10 +106,10 @@ class IdempotencyMiddleware:
             scope = options.get("scope")
             if isinstance(scope, str):
                 options["scope"] = import_string(scope)
-            # Django keys cookie-only requests on its session cookie, whatever
-            # SESSION_COOKIE_NAME calls it.
+            # Django's own session cookie, whatever SESSION_COOKIE_NAME calls it, and the
+            # frameworks' defaults.
             own = str(getattr(settings, "SESSION_COOKIE_NAME", "sessionid"))
-            options.setdefault("session_cookies", (own,))
+            options.setdefault("session_cookies", (own, *DEFAULT_SESSION_COOKIES))
             if isinstance(store, str):
                 store = shared_store(store, options.get("store_options") or {})
             self.store: Store = store

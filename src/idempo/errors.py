@@ -17,8 +17,9 @@
     ├── StoreError                   the store answered, but not as the contract says
     └── VersionConflictError         idempo.sql: the row changed since it was read         409
 
-Errors that an HTTP adapter turns into a response carry ``status`` (the HTTP status they map to)
-and ``title`` (the problem+json title).
+Errors that an HTTP adapter turns into a response carry ``status`` (the HTTP status they map to),
+``title`` (the problem+json title, stable per case) and ``problem_type`` (the case's name in the
+problem+json ``type`` URI).
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ __all__ = [
 class IdempoError(Exception):
     """Root of every idempo error."""
 
+    problem_type = "error"
+
     status: int = 500
     title: str = "Idempotency error"
 
 
 class InvalidKeyError(IdempoError, ValueError):
     """An idempotency key or scope is malformed."""
+
+    problem_type = "invalid-key"
 
     status = 400
     title = "Invalid idempotency key"
@@ -60,12 +65,16 @@ class InvalidKeyError(IdempoError, ValueError):
 class MissingKeyError(IdempoError):
     """The route requires an idempotency key and the request has none."""
 
+    problem_type = "key-required"
+
     status = 400
     title = "Idempotency key required"
 
 
 class IncompleteBodyError(IdempoError):
     """The request body ended before ``Content-Length`` bytes arrived (the client went away)."""
+
+    problem_type = "incomplete-body"
 
     status = 400
     title = "Incomplete request body"
@@ -74,12 +83,16 @@ class IncompleteBodyError(IdempoError):
 class RequestTooLargeError(IdempoError):
     """The request body is larger than the middleware will read to fingerprint it."""
 
+    problem_type = "request-too-large"
+
     status = 413
     title = "Request body too large for idempotent handling"
 
 
 class KeyReuseError(IdempoError):
     """The key was already used for a different request (another fingerprint)."""
+
+    problem_type = "key-reused"
 
     status = 422
     title = "Idempotency key reused with a different request"
@@ -97,6 +110,8 @@ class InProgressError(IdempoError):
     moment a retry could take over if that execution has crashed.
     """
 
+    problem_type = "in-progress"
+
     status = 409
     title = "A request with this idempotency key is still in progress"
 
@@ -113,6 +128,8 @@ class LeaseLostError(IdempoError):
     """This execution no longer holds the claim: its lease expired and another took over, or the
     record was released or deleted. Its outcome is not stored (fencing)."""
 
+    problem_type = "lease-lost"
+
     title = "Idempotency lease lost"
 
     def __init__(self, message: str, *, executed: bool = False, value: Any = None) -> None:
@@ -125,6 +142,8 @@ class LeaseLostError(IdempoError):
 class OutcomeNotStoredError(IdempoError):
     """The key's first execution completed, but its result could not be kept (too large or not
     serializable), so it cannot be replayed. The operation is not run again."""
+
+    problem_type = "response-not-stored"
 
     status = 409
     title = "The original result of this idempotency key was not stored"
@@ -142,6 +161,8 @@ class SerializationError(IdempoError, TypeError):
     When raised after an execution, ``value`` holds the live result, so nothing is lost.
     """
 
+    problem_type = "serialization"
+
     def __init__(self, message: str, *, value: Any = None) -> None:
         super().__init__(message)
         self.value = value
@@ -150,12 +171,16 @@ class SerializationError(IdempoError, TypeError):
 class FingerprintError(IdempoError, TypeError):
     """Arguments that cannot be fingerprinted canonically (pass ``fingerprint=`` yourself)."""
 
+    problem_type = "fingerprint"
+
 
 class StoreUnavailableError(IdempoError):
     """The store cannot be reached. Unless ``executed`` is True, the operation did not run.
 
     ``retry_after``: seconds after which a retry may find the store back (the 503's
     ``Retry-After``)."""
+
+    problem_type = "store-unavailable"
 
     status = 503
     title = "Idempotency store unavailable"
@@ -174,10 +199,14 @@ class StoreUnavailableError(IdempoError):
 class StoreError(IdempoError):
     """The store answered, but not as the contract says (schema missing, corrupt record)."""
 
+    problem_type = "store-error"
+
 
 class VersionConflictError(IdempoError):
     """The row's version is not the one the update expected: someone else changed it (or this
     update was already applied). Raised by :func:`idempo.sql.update_if_version`."""
+
+    problem_type = "version-conflict"
 
     status = 409
     title = "Conflict: the resource changed since it was read"

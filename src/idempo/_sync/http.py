@@ -30,6 +30,7 @@ from typing import Protocol
 from idempo._sync.engine import Engine, Held
 from idempo.core.decide import Reject, Replay
 from idempo.core.http import (
+    DEFAULT_SESSION_COOKIES,
     DROP,
     PASS,
     Drop,
@@ -132,29 +133,10 @@ class Recorder:
 
 
 def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
-    """The default ``scope=``: :func:`~idempo.core.http.scope_from_credentials`, keyed with the
-    ``IDEMPO_SCOPE_SECRET`` environment variable (read here, at the edge that builds the
-    middleware, not in core). Without session ``cookies`` to key on, it says once when
-    cookie-only requests fall into the anonymous scope."""
-    scope = scope_from_credentials(os.environ.get("IDEMPO_SCOPE_SECRET", ""), cookies=cookies)
-    if tuple(cookies):
-        return scope
-    warned = False
-
-    def warning_scope(headers: Mapping[str, str]) -> str:
-        nonlocal warned
-        principal = scope(headers)
-        if principal == "anonymous" and not warned and headers.get("cookie"):
-            # Cookies are not hashed by default: any response that sets one would move the
-            # client's retry into another scope, where it runs again. Say so once.
-            warned = True
-            log.warning(
-                "idempo: requests with cookies but no Authorization/X-API-Key share the "
-                "anonymous scope; for cookie sessions pass scope= (e.g. the session id)"
-            )
-        return principal
-
-    return warning_scope
+    """The default ``scope=``: :func:`~idempo.core.http.scope_from_credentials` over the
+    session ``cookies``, keyed with the ``IDEMPO_SCOPE_SECRET`` environment variable (read here,
+    at the edge that builds the middleware, not in core)."""
+    return scope_from_credentials(os.environ.get("IDEMPO_SCOPE_SECRET", ""), cookies=cookies)
 
 
 class HttpFront:
@@ -173,7 +155,10 @@ class HttpFront:
         scope = options.get("scope")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be a callable of the request headers, not {scope!r}")
-        self.scope_fn = scope or default_scope(options.get("session_cookies", ()))
+        cookies = options.get("session_cookies", DEFAULT_SESSION_COOKIES)
+        if isinstance(cookies, str):
+            raise TypeError("session_cookies is a list of cookie names, not a str")
+        self.scope_fn = scope or default_scope(cookies)
         self.engine = Engine(store)
 
     def admit(self, request: Request) -> Pass | Respond | Drop | Recorder:
@@ -204,16 +189,16 @@ class HttpFront:
                     "idempo: store unavailable, passing %s %s through (fail_open)", method, path
                 )
                 return Pass(body)
-            return problem(exc, instance=path)
+            return problem(exc, instance=path, type_base=config.problem_type_base)
         except IdempoError as exc:
-            return problem(exc, instance=path)
+            return problem(exc, instance=path, type_base=config.problem_type_base)
         if isinstance(decision, Replay):
             try:
                 stored = read_stored(decision.outcome, key=key, scope=principal)
             except IdempoError as exc:  # not kept, or unreadable
-                return problem(exc, instance=path)
+                return problem(exc, instance=path, type_base=config.problem_type_base)
             return Respond(stored.status, replay_headers(stored), stored.body)
         if isinstance(decision, Reject):
-            return problem(decision.error, instance=path)
+            return problem(decision.error, instance=path, type_base=config.problem_type_base)
         decision.start_heartbeat()
         return Recorder(decision, config, body)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -26,9 +27,14 @@ from idempo.core.outcome import RELEASE, Keep, Release
 from idempo.errors import IdempoError, InvalidKeyError, MissingKeyError, RequestTooLargeError
 
 __all__ = [
+    "DEFAULT_HEADER_FILTER",
     "DEFAULT_METHODS",
+    "DEFAULT_PROBLEM_TYPE_BASE",
+    "DEFAULT_REPLAY_DENY",
     "DEFAULT_SESSION_COOKIES",
+    "NEVER_STORED_HEADERS",
     "Drop",
+    "HeaderFilter",
     "HttpConfig",
     "HttpOptions",
     "MissingKeyError",
@@ -57,9 +63,9 @@ DEFAULT_METHODS = frozenset({"POST", "PATCH"})
 # not kept either unless the configuration says so (as Stripe and the IETF draft do).
 NEVER_KEPT = frozenset({401, 403, 408, 409, 425, 429})
 
-# Headers never replayed from storage: per-connection (hop-by-hop), per-response, or carrying
-# state that belongs to the first client alone (cookies).
-_NOT_STORED_HEADERS = frozenset(
+# Headers never stored, whatever the configuration: per-connection (hop-by-hop), recomputed on
+# replay, or carrying state that belongs to the first client alone (cookies).
+NEVER_STORED_HEADERS = frozenset(
     {
         "connection",
         "keep-alive",
@@ -70,12 +76,89 @@ _NOT_STORED_HEADERS = frozenset(
         "transfer-encoding",
         "upgrade",
         "set-cookie",
-        "date",
-        "server",
         "content-length",
         "idempotent-replayed",
     }
 )
+
+# Headers not replayed by default (``replay_deny=`` replaces this list, ``replay_allow=`` turns
+# it into an allow list): per-response ones, which would be stale or wrong on a replay, and
+# anything that looks like a credential or a secret the handler handed to the first client.
+# Globs over lower-case names.
+DEFAULT_REPLAY_DENY = frozenset(
+    {
+        "date",
+        "server",
+        "age",
+        "via",
+        "authorization",
+        "www-authenticate",
+        "cookie",
+        "x-api-key",
+        "request-id",
+        "x-request-id",
+        "x-correlation-id",
+        "traceparent",
+        "tracestate",
+        "x-amzn-trace-id",
+        "x-b3-*",
+        "*token*",
+        "*secret*",
+        "*password*",
+        "*credential*",
+        "*api-key*",
+        "*session*",
+    }
+)
+
+
+class HeaderFilter:
+    """Which response headers are stored for replay: never :data:`NEVER_STORED_HEADERS`; then
+    either only the ``allow`` globs, or all but the ``deny`` globs. Decisions are cached per
+    name (a few dozen distinct names in practice), so the globs cost nothing per request."""
+
+    __slots__ = ("_allow", "_cache", "_deny")
+
+    def __init__(
+        self, deny: Iterable[str] = DEFAULT_REPLAY_DENY, allow: Iterable[str] | None = None
+    ) -> None:
+        self._deny = _globs(deny)
+        self._allow = None if allow is None else _globs(allow)
+        self._cache: dict[str, bool] = {}
+
+    def keeps(self, name: str) -> bool:
+        kept = self._cache.get(name)
+        if kept is None:
+            lower = name.lower()
+            if lower in NEVER_STORED_HEADERS:
+                kept = False
+            elif self._allow is not None:
+                kept = self._allow.fullmatch(lower) is not None
+            else:
+                kept = self._deny.fullmatch(lower) is None
+            if len(self._cache) < 4096:  # names come from handlers, but bound it anyway
+                self._cache[name] = kept
+        return kept
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HeaderFilter):
+            return NotImplemented
+        return (self._deny.pattern, getattr(self._allow, "pattern", None)) == (
+            other._deny.pattern,
+            getattr(other._allow, "pattern", None),
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._deny.pattern)
+
+
+def _globs(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regex for a set of case-insensitive globs (``x-b3-*``)."""
+    parts = sorted({fnmatch.translate(p.strip().lower()) for p in patterns if p.strip()})
+    return re.compile("|".join(parts) if parts else "(?!)")
+
+
+DEFAULT_HEADER_FILTER = HeaderFilter()
 
 
 # The session cookies of the frameworks users run: Starlette's and Flask's, and Django's.
@@ -103,14 +186,19 @@ class HttpOptions(TypedDict, total=False):
     header: the key's header (default ``Idempotency-Key``).
     scope: a callable of the request headers (lower-case names) returning the principal's
         namespace (default: a keyed hash of the credentials, else of the session cookie).
-    session_cookies: the session cookies the default scope keys cookie-only requests on
-        (default: none for ASGI and WSGI; Django's ``SESSION_COOKIE_NAME`` for Django).
+    session_cookies: the session cookies the default scope keys a request without credentials
+        on (default :data:`DEFAULT_SESSION_COOKIES`, and Django's ``SESSION_COOKIE_NAME``).
     ttl, lease, wait: as for functions (seconds).
     keep_server_errors: keep 5xx answers too (the IETF draft's choice; default False).
     max_request_bytes: the largest body read to fingerprint a request (default 1 MiB).
     max_response_bytes: the largest response kept for replay (default 1 MiB).
     fail_open: when the store is down, pass requests through unguarded instead of answering
         503 (unsafe: a retry may then run twice).
+    replay_deny: globs of response headers never stored for replay (default
+        :data:`DEFAULT_REPLAY_DENY`: per-response and secret-looking ones); replaces the default.
+    replay_allow: globs of the only response headers stored (an allow list; overrides
+        ``replay_deny``). Cookies and hop-by-hop headers are never stored either way.
+    problem_type_base: the prefix of problem+json ``type`` URIs (default ``urn:idempo:problem:``).
     store_options: keyword arguments for opening ``store`` when it is a URL.
     """
 
@@ -127,6 +215,9 @@ class HttpOptions(TypedDict, total=False):
     max_request_bytes: int
     max_response_bytes: int
     fail_open: bool
+    replay_deny: Iterable[str] | None
+    replay_allow: Iterable[str] | None
+    problem_type_base: str
     store_options: dict[str, Any] | None
 
 
@@ -148,7 +239,13 @@ _CONFIG_OPTIONS = (
     "max_request_bytes",
     "max_response_bytes",
     "fail_open",
+    "problem_type_base",
 )
+
+#: problem+json ``type`` URIs are this base and the case's name (``...:in-progress``): a URN,
+#: since nothing need be fetched to tell the cases apart (RFC 9457 section 3.1.1); set
+#: ``problem_type_base`` to a URL of your API's docs to make them links.
+DEFAULT_PROBLEM_TYPE_BASE = "urn:idempo:problem:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +258,25 @@ class HttpConfig:
     max_request_bytes: int = 1 << 20
     max_response_bytes: int = 1 << 20
     fail_open: bool = False
+    headers_kept: HeaderFilter = DEFAULT_HEADER_FILTER
+    problem_type_base: str = DEFAULT_PROBLEM_TYPE_BASE
 
     @classmethod
     def of(cls, options: HttpOptions) -> HttpConfig:
         """The configuration from an adapter's options: method names in any case, routes in any
         iterable (every adapter takes the same options; they are normalized here, once)."""
+        deny, allow = options.get("replay_deny"), options.get("replay_allow")
+        if isinstance(deny, str) or isinstance(allow, str):
+            raise TypeError("replay_deny and replay_allow are lists of header names, not a str")
+        headers_kept = (
+            DEFAULT_HEADER_FILTER
+            if deny is None and allow is None
+            else HeaderFilter(DEFAULT_REPLAY_DENY if deny is None else deny, allow)
+        )
         return cls(
             methods=frozenset(m.upper() for m in options.get("methods", DEFAULT_METHODS)),
             routes=tuple(options.get("routes", ())),
+            headers_kept=headers_kept,
             **{k: options[k] for k in _CONFIG_OPTIONS if k in options},  # type: ignore[literal-required]
         )
 
@@ -334,9 +442,16 @@ class StoredResponse:
     body: bytes
 
 
-def encode_response(status: int, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A response as kept in the store: a JSON head line, then the body bytes."""
-    kept = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED_HEADERS]
+def encode_response(
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    headers_kept: HeaderFilter = DEFAULT_HEADER_FILTER,
+) -> bytes:
+    """A response as kept in the store: a JSON head line, then the body bytes. Only the headers
+    ``headers_kept`` keeps are stored (never cookies, hop-by-hop, or secrets by default)."""
+    keeps = headers_kept.keeps
+    kept = [(k, v) for k, v in headers if keeps(k)]
     head = json.dumps({"status": status, "headers": kept}, separators=(",", ":"))
     return head.encode() + b"\n" + body
 
@@ -355,12 +470,19 @@ def replay_headers(stored: StoredResponse) -> list[tuple[str, str]]:
     ]
 
 
-def problem(error: IdempoError, *, instance: str | None = None) -> Respond:
-    """An RFC 9457 problem+json response for ``error``, with ``Retry-After`` when the error
-    says when to retry (409 in progress, 503 store unavailable)."""
+def problem(
+    error: IdempoError,
+    *,
+    instance: str | None = None,
+    type_base: str = DEFAULT_PROBLEM_TYPE_BASE,
+) -> Respond:
+    """An RFC 9457 problem+json response for ``error``: a ``type`` URI naming the case (its
+    base configurable), a ``title`` stable per case, the ``detail`` of this one, and
+    ``Retry-After`` when the error says when to retry (409 in progress, 503 store
+    unavailable)."""
     status = error.status
     doc: dict[str, Any] = {
-        "type": "about:blank",
+        "type": type_base + error.problem_type,
         "title": error.title,
         "status": status,
         "detail": str(error),
@@ -430,7 +552,9 @@ def outcome_for(config: HttpConfig, capture: ResponseCapture) -> Keep | Release:
     if capture.size > capture.limit:
         reason = f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
         return Keep(outcomes.encode_not_stored(reason))
-    encoded = encode_response(capture.status, capture.headers, b"".join(capture.chunks))
+    encoded = encode_response(
+        capture.status, capture.headers, b"".join(capture.chunks), config.headers_kept
+    )
     return Keep(outcomes.encode_value(RESPONSE_SERIALIZER, encoded))
 
 
