@@ -202,6 +202,10 @@ def test_problems_that_say_when_to_retry_carry_retry_after() -> None:
     assert ("retry-after", "3") in problem(InProgressError("x", retry_after=2.5)).headers
     assert ("retry-after", "1") in problem(StoreUnavailableError("x")).headers
     assert not any(k == "retry-after" for k, _ in problem(KeyReuseError("x")).headers)
+    final = problem(OutcomeNotStoredError("x")).headers  # a 409 that cannot change
+    assert not any(k == "retry-after" for k, _ in final)
+    assert ("stripe-should-retry", "false") in final
+    assert not any(k == "stripe-should-retry" for k, _ in problem(InProgressError("x")).headers)
 
 
 def test_outcome_envelope_round_trip() -> None:

@@ -493,6 +493,10 @@ def problem(
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, int | float):
         headers.append(("retry-after", str(max(1, int(-(-retry_after // 1))))))
+    elif status == 409:
+        # A final conflict (the first response was not kept): a retry gets the same answer.
+        # Stripe's SDKs retry every 409 unless told otherwise, in this header (decision 0006).
+        headers.append(("stripe-should-retry", "false"))
     body = json.dumps(doc).encode()
     headers.append(("content-length", str(len(body))))
     return Respond(status, headers, body)
