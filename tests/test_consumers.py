@@ -870,6 +870,45 @@ async def test_adapter_refuses_message_id_with_a_named_id(kind: str, tmp_path: P
         assert broker.live == []
 
 
+async def test_redis_failed_read_is_logged_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reading loop survives a failing read: with its consumer group gone, XREADGROUP
+    fails, is logged and retried, and once the group is back the consumer reads again."""
+    async with open_test_store("memory", tmp_path) as store, open_broker("redis") as broker:
+        assert isinstance(broker, RedisStreams)
+        ids = ids_for(4)
+        effects: Counter[str] = Counter()
+
+        async def handle(message: Any) -> None:
+            effects[broker.body_id(message)] += 1
+
+        consumer = await broker.consumer(handle, store)
+        await consumer.start()
+        await broker.publish(ids[:2])
+
+        async def first() -> bool:
+            return sum(effects.values()) >= 2 and await broker.settled()
+
+        await wait_until(first, "the first entries to be handled")
+
+        async def warned() -> bool:
+            return any("reading the stream failed" in r.getMessage() for r in caplog.records)
+
+        with caplog.at_level("WARNING", logger="idempo.consumer"):
+            await broker.redis.xgroup_destroy(broker.stream, broker.group)
+            await wait_until(warned, "the failed read to be logged")
+        await broker.redis.xgroup_create(broker.stream, broker.group, id="$")
+        await broker.publish(ids[2:])
+
+        async def rest() -> bool:
+            return sum(effects.values()) >= len(ids) and await broker.settled()
+
+        await wait_until(rest, "the consumer to read again")
+        await broker.stop_all()
+        assert_exactly_once(effects, ids)
+
+
 def test_header_message_id_reads_one_header() -> None:
     """header_message_id: the header's value as text (bytes decoded), None when it or the
     headers are missing."""

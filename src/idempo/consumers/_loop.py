@@ -203,6 +203,28 @@ class BrokerConsumer(Consumer[M], ABC):
     async def _close(self) -> None:
         """Unsubscribe, once the in-flight deliveries have finished."""
 
+    async def _poll(self, read: Callable[[], Awaitable[None]], *, what: str, pause: float) -> None:
+        """A pull loop for ``_run``: call ``read`` (one read of the broker, which spawns what it
+        got) whenever a slot is free, until :meth:`stop`.
+
+        Args:
+            read: reads at most ``self._tasks.free`` messages and starts them.
+            what: names a failed read in the warning (``"fetch"``).
+            pause: seconds to wait after a failed read before the next one.
+        """
+        while not self._stopping.is_set():
+            await self._tasks.wait_free()
+            if self._stopping.is_set():
+                return
+            raise_if_cancelled()
+            try:
+                await read()
+            except Exception:
+                if self._stopping.is_set():  # the connection closing under us: not a failure
+                    return
+                log.warning("idempo: %s: %s failed; retrying", self.name, what, exc_info=True)
+                await asyncio.sleep(pause)
+
     async def start(self) -> None:
         """Subscribe and start reading in the background (returns at once).
 

@@ -31,7 +31,6 @@ expire for a live worker. Delivery counts come from JetStream (``num_delivered``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
@@ -48,12 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from idempo.consumers._consumer import ConsumerOptions, Delivery, Handler
-from idempo.consumers._loop import (
-    BrokerConsumer,
-    header_message_id,
-    pick_message_id,
-    raise_if_cancelled,
-)
+from idempo.consumers._loop import BrokerConsumer, header_message_id, pick_message_id
 from idempo.stores.base import AsyncStore
 
 __all__ = ["JetStreamConsumer", "JetStreamDelivery", "nats_message_id"]
@@ -222,20 +216,13 @@ class JetStreamConsumer(BrokerConsumer[Msg]):
     async def _run(self) -> None:
         sub = self._sub
         assert sub is not None
-        while not self._stopping.is_set():
-            await self._tasks.wait_free()
-            if self._stopping.is_set():
-                return
-            raise_if_cancelled()
+
+        async def fetch() -> None:
             try:
                 msgs = await sub.fetch(self._tasks.free, timeout=self.fetch_timeout)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.warning("idempo: %s: fetch failed; retrying", self.name, exc_info=True)
-                await asyncio.sleep(min(1.0, self.fetch_timeout))
-                continue
+            except TimeoutError:  # nothing to fetch within fetch_timeout
+                return
             for msg in msgs:
                 self._tasks.spawn(self.process(self.wrap(msg)))
+
+        await self._poll(fetch, what="fetch", pause=min(1.0, self.fetch_timeout))

@@ -35,7 +35,6 @@ keeps it; make ``min_idle`` longer than ``lease``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -56,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from idempo.consumers._consumer import ConsumerOptions, Delivery, Handler
-from idempo.consumers._loop import BrokerConsumer, pick_message_id, raise_if_cancelled
+from idempo.consumers._loop import BrokerConsumer, pick_message_id
 from idempo.stores.base import AsyncStore
 
 __all__ = ["RedisStreamConsumer", "RedisStreamDelivery", "StreamEntry"]
@@ -257,31 +256,22 @@ class RedisStreamConsumer(BrokerConsumer[StreamEntry]):
         # First, what this member name had been delivered before a restart (its own pending
         # entries: a read from an id instead of ">"), page by page.
         own_cursor: str | None = "0"
-        while not self._stopping.is_set():
-            await self._tasks.wait_free()
-            if self._stopping.is_set():
+
+        async def read() -> None:
+            nonlocal next_reclaim, own_cursor
+            if own_cursor is not None:
+                batch = await self._read(own_cursor)
+                own_cursor = batch[-1].id if batch else None
+                await self._spawn([e for e in batch if e.id not in self._inflight])
                 return
-            raise_if_cancelled()
-            try:
-                if own_cursor is not None:
-                    batch = await self._read(own_cursor)
-                    own_cursor = batch[-1].id if batch else None
-                    await self._spawn([e for e in batch if e.id not in self._inflight])
-                    continue
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.reclaim_interval
-                    await self._reclaim()
-                    await self._tasks.wait_free()
-                batch = await self._read(">", block=self.block)
-                for entry in batch:
-                    self._start(entry, 1)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.warning(
-                    "idempo: %s: reading the stream failed; retrying", self.name, exc_info=True
-                )
-                await asyncio.sleep(min(1.0, self.block))
+            if time.monotonic() >= next_reclaim:
+                next_reclaim = time.monotonic() + self.reclaim_interval
+                await self._reclaim()
+                await self._tasks.wait_free()
+            for entry in await self._read(">", block=self.block):
+                self._start(entry, 1)
+
+        await self._poll(read, what="reading the stream", pause=min(1.0, self.block))
 
     async def _read(self, start: str, block: float | None = None) -> list[StreamEntry]:
         if not self._tasks.free:
