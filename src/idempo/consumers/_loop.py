@@ -2,9 +2,9 @@
 deliveries, the message-id options) and the pieces of a reading loop.
 
 An adapter subclasses :class:`BrokerConsumer` and writes only what its broker needs: ``_open``
-(subscribe), ``_run`` (the reading loop, a background task until :meth:`~BrokerConsumer.stop`),
-``_close`` (unsubscribe), and its :class:`~idempo.consumers.Delivery` (ack, retry,
-dead-letter)."""
+(subscribe), ``_run`` (the reading loop, a background task until :meth:`~BrokerConsumer.stop`;
+a pull consumer hands one read to ``_poll``), ``_close`` (unsubscribe), and its
+:class:`~idempo.consumers.Delivery` (ack, retry, dead-letter)."""
 
 from __future__ import annotations
 
