@@ -146,7 +146,9 @@ def test_crash_at_every_point_charges_once(
         db_url = POSTGRES_URL
     try:
         if db == "postgres":
-            Idempotency(store, store_options=options).store.migrate()
+            setup = Idempotency(store, store_options=options)
+            setup.store.migrate()
+            setup.close()  # a pool left to the garbage collector may be collected in its own thread
             with psycopg.connect(POSTGRES_URL, autocommit=True) as c:
                 c.execute(
                     f'CREATE TABLE "{options["schema"]}".orders (order_id text, charge_id text)'
