@@ -25,14 +25,14 @@ from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
 from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
-from idempo.consumers._consumer import Consumer
+from idempo.consumers import Consumer
 from idempo.core.fingerprint import fingerprint as fingerprint_of
 from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
 from idempo.stores import open_async_store, open_store
-from idempo.stores._bind import bind_async, bind_sync
+from idempo.stores.binding import bind_async, bind_sync
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
 

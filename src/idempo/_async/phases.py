@@ -139,7 +139,7 @@ class AsyncPhasedOperation:
 
     async def _run_local(self, phase: AsyncPhase, ctx: AsyncPhaseContext, held: AsyncHeld) -> None:
         """The phase's writes and its recovery point in one transaction of ``conn``: binding
-        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores.binding)."""
         assert self._bind is not None
         bound = await self._bind(self.conn)
         try:

@@ -140,7 +140,7 @@ class PhasedOperation:
 
     def _run_local(self, phase: Phase, ctx: PhaseContext, held: Held) -> None:
         """The phase's writes and its recovery point in one transaction of ``conn``: binding
-        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores.binding)."""
         assert self._bind is not None
         bound = self._bind(self.conn)
         try:

@@ -62,7 +62,7 @@ from idempo.errors import (
     LeaseLostError,
 )
 from idempo.stores import open_async_store
-from idempo.stores._bind import bind_async
+from idempo.stores.binding import bind_async
 from idempo.stores.base import AsyncStore
 
 __all__ = [
