@@ -32,8 +32,8 @@ from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
 from idempo.stores import open_async_store, open_store
-from idempo.stores.binding import bind_async, bind_sync
 from idempo.stores.base import AsyncStore, Store
+from idempo.stores.binding import bind_async, bind_sync
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
 
 __all__ = ["DEFAULT_STORE", "Idempotency"]
