@@ -1,4 +1,4 @@
-"""The asynchronous idempo httpx client (its sync twin in ``_sync/client.py`` is generated).
+"""The idempo httpx client, :class:`AsyncClient` (``_sync/`` is generated from ``_async/``).
 
 See :mod:`idempo.client` for what it does.
 """

@@ -1,7 +1,7 @@
-"""The engine driver: claim -> execute -> record -> replay, over an async store.
+"""The engine driver: claim -> execute -> record -> replay, over a store (:class:`AsyncStore`).
 
 All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
-only performs the I/O they call for. The sync twin in ``_sync/engine.py`` is generated.
+only performs the I/O they call for. ``_sync/engine.py`` is generated from ``_async/engine.py``.
 
 Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
 """

@@ -1,5 +1,5 @@
 # DO NOT EDIT: generated from src/idempo/_async/client.py by scripts/unasync.py
-"""The synchronous idempo httpx client (its sync twin in ``_sync/client.py`` is generated).
+"""The idempo httpx client, :class:`Client` (``_sync/`` is generated from ``_async/``).
 
 See :mod:`idempo.client` for what it does.
 """

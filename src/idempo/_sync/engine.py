@@ -1,8 +1,8 @@
 # DO NOT EDIT: generated from src/idempo/_async/engine.py by scripts/unasync.py
-"""The engine driver: claim -> execute -> record -> replay, over an sync store.
+"""The engine driver: claim -> execute -> record -> replay, over a store (:class:`Store`).
 
 All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
-only performs the I/O they call for. The sync twin in ``_sync/engine.py`` is generated.
+only performs the I/O they call for. ``_sync/engine.py`` is generated from ``_async/engine.py``.
 
 Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
 """

@@ -1,4 +1,4 @@
-"""The store conformance suite (async source of the sync twin).
+"""The store conformance suite (``_sync/conformance.py`` is generated from ``_async/``).
 
 Subclass it in a pytest module and provide a ``store`` fixture that yields a fresh, isolated store
 (unique key prefix, schema or database): every test below then runs against it.

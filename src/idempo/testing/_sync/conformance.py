@@ -1,5 +1,5 @@
 # DO NOT EDIT: generated from src/idempo/testing/_async/conformance.py by scripts/unasync.py
-"""The store conformance suite (sync source of the sync twin).
+"""The store conformance suite (``_sync/conformance.py`` is generated from ``_async/``).
 
 Subclass it in a pytest module and provide a ``store`` fixture that yields a fresh, isolated store
 (unique key prefix, schema or database): every test below then runs against it.
