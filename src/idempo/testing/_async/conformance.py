@@ -6,7 +6,7 @@ Subclass it in a pytest module and provide a ``store`` fixture that yields a fre
     class TestMyStore(AsyncStoreConformance):
         @pytest.fixture
         async def store(self):
-            s = MyAsyncStore(...)
+            s = AsyncMyStore(...)
             yield s
             await s.close()
 

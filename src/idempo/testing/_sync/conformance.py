@@ -7,7 +7,7 @@ Subclass it in a pytest module and provide a ``store`` fixture that yields a fre
     class TestMyStore(StoreConformance):
         @pytest.fixture
         def store(self):
-            s = MyAsyncStore(...)
+            s = MyStore(...)
             yield s
             s.close()
 
