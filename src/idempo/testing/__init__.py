@@ -4,7 +4,8 @@ Two tiers, each in a sync and an async flavour; subclass one and provide its fix
 
 * ``StoreConformance`` / ``AsyncStoreConformance``: the store contract every store keeps
   (claim, complete, leases, expiry, purge, concurrency, the store's clock); needs a ``store``
-  fixture (see :mod:`idempo.testing._async.conformance`).
+  fixture, and reads what a store cannot do from a ``capabilities`` fixture, a
+  :class:`Capabilities` (see :mod:`idempo.testing._async.conformance`).
 * ``ServerStoreConformance`` / ``AsyncServerStoreConformance``: what a store on a server
   promises beyond it (migrations, a down server, lost leases, newer record formats, tokens kept
   on the server, purge beside live records); needs ``location``, ``store``,
@@ -16,12 +17,14 @@ Needs pytest (and pytest-asyncio for the async flavours).
 
 from idempo.testing._async.conformance import AsyncStoreConformance
 from idempo.testing._async.server import AsyncServerStoreConformance
+from idempo.testing._capabilities import Capabilities
 from idempo.testing._sync.conformance import StoreConformance
 from idempo.testing._sync.server import ServerStoreConformance
 
 __all__ = [
     "AsyncServerStoreConformance",
     "AsyncStoreConformance",
+    "Capabilities",
     "ServerStoreConformance",
     "StoreConformance",
 ]
