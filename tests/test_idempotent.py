@@ -127,26 +127,6 @@ def test_duplicate_in_flight_is_refused(idem: Idempotency) -> None:
     assert slow("k") == 1
 
 
-def test_duplicate_can_wait_for_the_first(idem: Idempotency) -> None:
-    """With wait=, a duplicate waits for the first call and replays its result."""
-    started, release = threading.Event(), threading.Event()
-    c = Counter()
-
-    @idem.idempotent(key=lambda x: x, wait=10)
-    def slow(x: str) -> int:
-        started.set()
-        release.wait(10)
-        return c.bump()
-
-    first = threading.Thread(target=slow, args=("k",))
-    first.start()
-    assert started.wait(10)
-    threading.Timer(0.2, release.set).start()
-    assert slow("k") == 1
-    first.join(10)
-    assert c.calls == 1
-
-
 def test_wait_is_bounded(idem: Idempotency) -> None:
     """A waiting duplicate gives up with InProgressError once its wait runs out."""
     started, release = threading.Event(), threading.Event()
@@ -358,20 +338,6 @@ async def test_async_cancelled_call_is_not_kept(aidem: Idempotency) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await op("k") == 2
-
-
-async def test_async_wait_replays_first_result(aidem: Idempotency) -> None:
-    """async def with wait=: the duplicate awaits the first call's result."""
-    c = Counter()
-
-    @aidem.idempotent(key=lambda k: k, wait=10)
-    async def op(k: str) -> int:
-        await asyncio.sleep(0.2)
-        return c.bump()
-
-    a, b = await asyncio.gather(op("k"), op("k"))
-    assert a == b == 1
-    assert c.calls == 1
 
 
 def test_unusual_function_names_and_bad_durations() -> None:

@@ -100,3 +100,31 @@ async def test_heartbeat_keeps_a_slow_call_from_being_taken_over(idem: Idempoten
     assert results == [1, None]
     assert await slow("k") == 1
     assert c.calls == 1
+
+
+async def test_duplicate_can_wait_for_the_first(idem: Idempotency) -> None:
+    """With wait=, a duplicate waits for the first call and replays its result."""
+    c = Counter()
+    started, release = AsyncEvent(), AsyncEvent()
+
+    @idem.idempotent(key=lambda x: x, wait=10)
+    async def slow(x: str) -> int:
+        started.set()
+        await release.wait()
+        return c.bump()
+
+    async def first() -> int:
+        return await slow("k")
+
+    async def duplicate() -> int:
+        await started.wait()
+        return await slow("k")
+
+    async def releaser() -> None:
+        await started.wait()
+        await async_sleep(0.2)  # time for the duplicate to start waiting; it replays either way
+        release.set()
+
+    results = await async_gather([first, duplicate, releaser])
+    assert results == [1, 1, None]
+    assert c.calls == 1

@@ -101,3 +101,31 @@ def test_heartbeat_keeps_a_slow_call_from_being_taken_over(idem: Idempotency) ->
     assert results == [1, None]
     assert slow("k") == 1
     assert c.calls == 1
+
+
+def test_duplicate_can_wait_for_the_first(idem: Idempotency) -> None:
+    """With wait=, a duplicate waits for the first call and replays its result."""
+    c = Counter()
+    started, release = Event(), Event()
+
+    @idem.idempotent(key=lambda x: x, wait=10)
+    def slow(x: str) -> int:
+        started.set()
+        release.wait()
+        return c.bump()
+
+    def first() -> int:
+        return slow("k")
+
+    def duplicate() -> int:
+        started.wait()
+        return slow("k")
+
+    def releaser() -> None:
+        started.wait()
+        sync_sleep(0.2)  # time for the duplicate to start waiting; it replays either way
+        release.set()
+
+    results = sync_gather([first, duplicate, releaser])
+    assert results == [1, 1, None]
+    assert c.calls == 1
