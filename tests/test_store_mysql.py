@@ -214,6 +214,7 @@ def _server_counters(conn: Any) -> dict[str, int]:
 
 
 def test_every_operation_is_one_statement_in_one_round_trip(table: str) -> None:
+    """Every operation is one statement in one request, counted by the client and the server."""
     store = MySQLStore.from_url(MYSQL_URL, table=table, max_size=1, cursorclass=_CountingCursor)
     try:
         store.migrate()
@@ -404,6 +405,7 @@ def test_application_user_needs_no_ddl_privileges(table: str) -> None:
 
 
 def test_bad_table_names_are_refused() -> None:
+    """Table names that are not plain identifiers, or too long for the procedures, are refused."""
     for bad in ("", "t" * 59, "a-b", "a`b", "1abc", "x y"):
         with pytest.raises(ValueError, match="plain identifier"):
             MySQLStore(table=bad)
@@ -411,6 +413,7 @@ def test_bad_table_names_are_refused() -> None:
 
 
 def test_urls() -> None:
+    """URLs are parsed with percent-decoding; malformed ones and autocommit=False are refused."""
     for bad in (
         "mysql://root@127.0.0.1/",
         "mysql://root@127.0.0.1",
@@ -534,6 +537,7 @@ def test_same_token_reclaim_is_in_progress(store: MySQLStore) -> None:
 
 
 def test_closed_store_refuses_work(table: str) -> None:
+    """A closed store has closed its pool and refuses further work."""
     store = MySQLStore.from_url(MYSQL_URL, table=table)
     store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.close()
@@ -547,6 +551,7 @@ def test_closed_store_refuses_work(table: str) -> None:
 
 
 def test_purge_deletes_only_expired_rows_in_batches(store: MySQLStore, table: str) -> None:
+    """purge_expired(limit) deletes expired rows limit at a time, never a live one."""
     for i in range(7):
         first = store.claim(SCOPE, f"e{i}", "fp", _token(), lease=LEASE, ttl=TTL)
         store.complete(SCOPE, f"e{i}", first.token, b"x", ttl=0.05)

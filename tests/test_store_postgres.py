@@ -417,6 +417,7 @@ def test_auto_migrate_runs_once_for_concurrent_first_calls(schema: str) -> None:
 
 
 async def test_async_auto_migrate_runs_once_for_concurrent_first_calls(schema: str) -> None:
+    """64 first callers at once on the async store: one migrates, the others wait for it."""
     store = AsyncPostgresStore.from_url(POSTGRES_URL, schema=schema, max_size=10)
     try:
         with mock.patch.object(store, "_migrate", wraps=store._migrate) as migrate:
@@ -505,6 +506,7 @@ def test_odd_schema_and_table_names_are_quoted() -> None:
 
 
 def test_names_postgres_would_truncate_are_refused() -> None:
+    """Table and schema names PostgreSQL would truncate, and empty ones, are refused up front."""
     with pytest.raises(ValueError, match="48 bytes"):
         PostgresStore.from_url(POSTGRES_URL, table="t" * 49)
     with pytest.raises(ValueError, match="63 bytes"):
@@ -615,6 +617,7 @@ def test_purge_skips_rows_a_claimer_holds_locked(schema: str) -> None:
 
 
 def test_a_pool_passed_in_stays_open(schema: str) -> None:
+    """Closing a store leaves a pool passed in open for its owner; the store refuses work."""
     pool = ConnectionPool(
         POSTGRES_URL, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True
     )
@@ -631,6 +634,7 @@ def test_a_pool_passed_in_stays_open(schema: str) -> None:
 
 
 def test_a_store_from_a_url_closes_its_pool(schema: str) -> None:
+    """A store built from a URL owns its pool and closes it; the store refuses work."""
     store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
     store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.close()

@@ -247,6 +247,7 @@ def test_every_operation_is_one_evalsha(raw: redis.Redis, prefix: str) -> None:
 
 
 async def test_async_operations_are_one_evalsha(raw: redis.Redis, prefix: str) -> None:
+    """The async store sends one EVALSHA per operation too."""
     name = f"idempo-test-{uuid.uuid4().hex}"
     store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, client_name=name)
     try:
@@ -306,6 +307,7 @@ def test_scripts_issue_few_commands(store: RedisStore, raw: redis.Redis) -> None
 
 
 def test_record_layout(store: RedisStore, raw: redis.Redis, prefix: str) -> None:
+    """A record is one hash at prefix + len(scope):scope:key, expiring at its expires_at."""
     key = _key()
     claimed = store.claim("scope:x", key, "fp", "tok", lease=LEASE, ttl=TTL)
     redis_key = f"{prefix}7:scope:x:{key}"
@@ -407,6 +409,7 @@ def test_stray_fields_without_version_do_not_leak(store: RedisStore, raw: redis.
 
 
 def test_foreign_data_is_a_store_error(store: RedisStore, raw: redis.Redis) -> None:
+    """A newer schema's record or a key of another type is a StoreError, not a crash."""
     newer, wrong_type = _key(), _key()
     raw.hset(store.redis_key("s", newer), mapping={"v": "2", "expires_at": 1})
     raw.set(store.redis_key("s", wrong_type), "not a hash")
@@ -466,6 +469,7 @@ def test_lost_script_cache_is_reloaded(store: RedisStore) -> None:
 
 
 async def test_async_lost_script_cache_is_reloaded(astore: AsyncRedisStore) -> None:
+    """The async store reloads a script the server forgot."""
     key = _key()
     astore._claim.sha = "0" * 40
     claimed = await astore.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
@@ -487,6 +491,7 @@ OPERATIONS: dict[str, Callable[[Any], Any]] = {
 
 
 def test_store_down_through_open_store() -> None:
+    """A store from open_store on a down server gives StoreUnavailableError."""
     store = open_store(DOWN_URL, prefix="p:", **_no_retry())
     try:
         assert isinstance(store, RedisStore)
@@ -517,6 +522,7 @@ def _replicas(raw: redis.Redis) -> int:
 def test_wait_without_enough_replicas_raises_but_keeps_the_record(
     raw: redis.Redis, prefix: str
 ) -> None:
+    """WAIT without enough replicas raises StoreError, promptly, and the record stays stored."""
     if _replicas(raw) >= 1:
         pytest.skip("this test needs a Redis primary without replicas")
     name = f"idempo-test-{uuid.uuid4().hex}"
@@ -548,6 +554,7 @@ def test_wait_without_enough_replicas_raises_but_keeps_the_record(
 
 
 async def test_async_wait_without_enough_replicas_raises(raw: redis.Redis, prefix: str) -> None:
+    """The async store's WAIT without enough replicas raises and keeps the record."""
     if _replicas(raw) >= 1:
         pytest.skip("this test needs a Redis primary without replicas")
     store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, wait_replicas=1, wait_timeout=0.05)
@@ -581,6 +588,7 @@ def test_wait_with_enough_replicas_passes(raw: redis.Redis, prefix: str) -> None
 
 
 def test_invalid_options_are_refused(raw: redis.Redis) -> None:
+    """decode_responses=True and out-of-range WAIT options are refused."""
     with (
         redis.Redis.from_url(REDIS_URL, decode_responses=True) as decoding,
         pytest.raises(ValueError, match="decode_responses=False"),
@@ -595,6 +603,7 @@ def test_invalid_options_are_refused(raw: redis.Redis) -> None:
 
 
 def test_close_leaves_a_passed_client_open(raw: redis.Redis, prefix: str) -> None:
+    """Closing a store leaves a client passed in open for its owner."""
     store = RedisStore(raw, prefix=prefix)
     store.migrate()
     assert store.get("s", _key()) is None
@@ -603,6 +612,7 @@ def test_close_leaves_a_passed_client_open(raw: redis.Redis, prefix: str) -> Non
 
 
 async def test_async_close_leaves_a_passed_client_open(prefix: str) -> None:
+    """Closing an async store leaves a client passed in open for its owner."""
     async with redis.asyncio.Redis.from_url(REDIS_URL) as client:
         store = AsyncRedisStore(client, prefix=prefix)
         await store.migrate()
@@ -613,6 +623,7 @@ async def test_async_close_leaves_a_passed_client_open(prefix: str) -> None:
 
 
 def test_missing_redis_package_names_the_extra() -> None:
+    """Without redis-py, importing the store says which extra to install."""
     code = (
         "import sys; sys.modules['redis'] = None\n"
         "try:\n"
