@@ -11,7 +11,7 @@ Improved on the original: every recovery point is fenced (only the current lease
 write one, by the store's clock), so a stalled worker that wakes up after a takeover cannot
 record progress over its successor's.
 
-The sync twin (``_sync/phases.py``) is generated.
+``_sync/phases.py`` is generated from ``_async/phases.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The PostgreSQL store on psycopg 3 (async source of the sync twin).
+"""The PostgreSQL store on psycopg 3 (``_sync/postgres.py`` is generated from ``_async/``).
 
 Every contract operation is one statement, sent in one round trip (see ``_execute``), atomic on
 its own:

@@ -1,5 +1,5 @@
 # DO NOT EDIT: generated from src/idempo/stores/_async/postgres.py by scripts/unasync.py
-"""The PostgreSQL store on psycopg 3 (sync source of the sync twin).
+"""The PostgreSQL store on psycopg 3 (``_sync/postgres.py`` is generated from ``_async/``).
 
 Every contract operation is one statement, sent in one round trip (see ``_execute``), atomic on
 its own:
