@@ -50,6 +50,7 @@ __all__ = ["BoundPostgresStore", "PostgresStore"]
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
 
+
 class PostgresStore:
     """An :class:`~idempo.stores.base.Store` in a PostgreSQL table.
 
