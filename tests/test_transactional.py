@@ -331,13 +331,13 @@ def test_crash_postgres(pg: tuple[Idempotency, str], crash: str, kind: str) -> N
 def maria(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
     import pymysql
 
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
 
     url, options = store_url("mysql", tmp_path)
     idem = Idempotency(url, store_options=options)
     idem.store.migrate()
     effects = f"{options['table']}_charges"
-    conn = pymysql.connect(**_parse_url(url), autocommit=True)
+    conn = pymysql.connect(**connect_kwargs(url), autocommit=True)
     conn.cursor().execute(f"CREATE TABLE `{effects}` (order_id VARCHAR(64), amount INT)")
     yield idem, options["table"]
     conn.cursor().execute(f"DROP TABLE IF EXISTS `{effects}`")
@@ -349,11 +349,11 @@ def maria(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
 def maria_connect() -> Any:
     import pymysql
 
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
     from tests.conftest import MYSQL_URL
 
     return pymysql.connect(
-        **_parse_url(MYSQL_URL),
+        **connect_kwargs(MYSQL_URL),
         autocommit=False,
         init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     )
@@ -453,15 +453,15 @@ def test_mariadb_refuses_autocommit_and_repeatable_read(maria: tuple[Idempotency
     import pymysql
 
     from idempo.errors import StoreError
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
     from tests.conftest import MYSQL_URL
 
     idem, _ = maria
-    auto = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+    auto = pymysql.connect(**connect_kwargs(MYSQL_URL), autocommit=True)
     with pytest.raises(StoreError, match="autocommit"), idem.transaction(auto, key="x1"):
         pass
     auto.close()
-    rr = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=False)
+    rr = pymysql.connect(**connect_kwargs(MYSQL_URL), autocommit=False)
     with pytest.raises(StoreError, match="READ COMMITTED"), idem.transaction(rr, key="x2"):
         pass
     rr.rollback()
