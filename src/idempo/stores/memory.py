@@ -16,7 +16,7 @@ from idempo.core.records import Record
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
 
-__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_sync"]
+__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
 
 
 class MemoryStore(TransitionalStore[bool]):
@@ -75,3 +75,9 @@ def open_sync(url: str, **options: Any) -> MemoryStore:
 
 def open_async(url: str, **options: Any) -> AsyncMemoryStore:
     return AsyncMemoryStore(MemoryStore(**options))
+
+
+def open_pair(url: str, **options: Any) -> tuple[MemoryStore, AsyncMemoryStore]:
+    """``memory://`` for both kinds of caller: one new, empty dict that both see."""
+    store = MemoryStore(**options)
+    return store, AsyncMemoryStore(store)

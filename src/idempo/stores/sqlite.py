@@ -43,6 +43,7 @@ __all__ = [
     "AsyncSQLiteStore",
     "SQLiteStore",
     "open_async",
+    "open_pair",
     "open_sync",
 ]
 
@@ -483,3 +484,9 @@ def open_sync(url: str, **options: Any) -> SQLiteStore:
 
 def open_async(url: str, **options: Any) -> AsyncSQLiteStore:
     return AsyncSQLiteStore(SQLiteStore(_path(url), **options))
+
+
+def open_pair(url: str, **options: Any) -> tuple[SQLiteStore, AsyncSQLiteStore]:
+    """Both kinds over one :class:`SQLiteStore` (for ``sqlite://:memory:``: one database)."""
+    store = SQLiteStore(_path(url), **options)
+    return store, AsyncSQLiteStore(store)

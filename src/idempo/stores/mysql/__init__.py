@@ -66,6 +66,7 @@ __all__ = [
     "MySQLStore",
     "connect_kwargs",
     "open_async",
+    "open_pair",
     "open_sync",
 ]
 
@@ -78,3 +79,9 @@ def open_sync(url: str, **options: Any) -> MySQLStore:
 def open_async(url: str, **options: Any) -> AsyncMySQLStore:
     """The async twin of :func:`open_sync` (operations run in worker threads)."""
     return AsyncMySQLStore.from_url(url, **options)
+
+
+def open_pair(url: str, **options: Any) -> tuple[MySQLStore, AsyncMySQLStore]:
+    """Both kinds over one :class:`MySQLStore`, so over one connection pool."""
+    store = MySQLStore.from_url(url, **options)
+    return store, AsyncMySQLStore(store)
