@@ -23,7 +23,7 @@ in the data). ``UNIX_TIMESTAMP(datetime)`` reads its argument in the session tim
 with daylight saving time names some instants twice, so the store's connections run with
 ``time_zone = '+00:00'`` and the procedures refuse any other. Inside procedures the clock is
 ``SYSDATE(6)``, read once per decision after the row lock is taken; single statements use
-``NOW(6)``, fixed for the statement (see ``_CLAIM`` and ``_GET``).
+``NOW(6)``, fixed for the statement (see ``_CLAIM`` and ``_GET`` in ``_sql``).
 
 Async design: :class:`AsyncMySQLStore` is ``SyncStoreAsAsync(MySQLStore(...), offload=True)``:
 each operation runs in a worker thread of the event loop's default executor. Chosen over
