@@ -40,18 +40,20 @@ def record(scope: str, key: str, row: Sequence[Any], *, where: str = "") -> Reco
     """The Record of (scope, key) from a row of :data:`COLUMNS`; StoreError for a row of
     another format or an unknown state. ``where`` names the database in messages."""
     fingerprint, state, token, lease_until, outcome, recovery_point, created, expires, fmt = row
-    place = f" in {where}" if where else ""
     if fmt != RECORD_FORMAT:
-        newer = fmt > RECORD_FORMAT
-        advice = ", newer than this idempo understands: upgrade idempo" if newer else ""
+        advice = (
+            ", newer than this idempo understands: upgrade idempo" if fmt > RECORD_FORMAT else ""
+        )
         raise StoreError(
-            f"record ({scope!r}, {key!r}){place} has format {fmt}; this idempo reads"
+            f"record ({scope!r}, {key!r}){_in(where)} has format {fmt}; this idempo reads"
             f" {RECORD_FORMAT}{advice}"
         )
     try:
         state = State(state)
     except ValueError:
-        raise StoreError(f"corrupt record ({scope!r}, {key!r}){place}: state {state!r}") from None
+        raise StoreError(
+            f"corrupt record ({scope!r}, {key!r}){_in(where)}: state {state!r}"
+        ) from None
     return Record(
         scope=scope,
         key=key,
@@ -65,6 +67,10 @@ def record(scope: str, key: str, row: Sequence[Any], *, where: str = "") -> Reco
         expires_at=float(expires),
         recovery_point=None if recovery_point is None else bytes(recovery_point),
     )
+
+
+def _in(where: str) -> str:
+    return f" in {where}" if where else ""
 
 
 def values(r: Record) -> tuple[Any, ...]:
