@@ -55,7 +55,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
     ],
     "idempo.asgi": ["HttpOptions", "IdempotencyMiddleware", "Route"],
     "idempo.wsgi": ["HttpOptions", "IdempotencyMiddleware", "Route"],
-    "idempo.stores": ["AsyncStore", "Store", "open_async_store", "open_store"],
+    "idempo.stores": ["AsyncStore", "Store", "open_async_store", "open_pair", "open_store"],
     "idempo.consumers": [
         "Claim",
         "Consumer",
@@ -71,7 +71,13 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "Transaction",
         "backoff",
     ],
-    "idempo.testing": ["AsyncStoreConformance", "StoreConformance"],
+    "idempo.testing": [
+        "AsyncServerStoreConformance",
+        "AsyncStoreConformance",
+        "Capabilities",
+        "ServerStoreConformance",
+        "StoreConformance",
+    ],
 }
 
 # The optional extras (and what they pull in): `import idempo` must need none of them.

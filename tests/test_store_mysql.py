@@ -46,10 +46,10 @@ pytestmark = pytest.mark.mysql
 
 
 def _raw_connect(**kwargs: Any) -> Any:
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
 
     options = {"autocommit": True, "init_command": "SET time_zone = '+00:00'", **kwargs}
-    return pymysql.connect(**_parse_url(MYSQL_URL), **options)
+    return pymysql.connect(**connect_kwargs(MYSQL_URL), **options)
 
 
 def require_mysql() -> None:

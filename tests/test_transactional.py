@@ -129,9 +129,9 @@ class Postgres(Database):
 def maria_connect(**options: Any) -> Any:
     import pymysql
 
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
 
-    return pymysql.connect(**_parse_url(MYSQL_URL), **options)
+    return pymysql.connect(**connect_kwargs(MYSQL_URL), **options)
 
 
 class MariaDB(Database):

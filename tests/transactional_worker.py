@@ -60,10 +60,10 @@ def main(kind: str, url: str, options_json: str, key: str, crash: str) -> None:
     elif kind == "mysql":
         import pymysql
 
-        from idempo.stores.mysql import _parse_url
+        from idempo.stores.mysql import connect_kwargs
 
         mconn = pymysql.connect(
-            **_parse_url(url),
+            **connect_kwargs(url),
             autocommit=False,
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         )

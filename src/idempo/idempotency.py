@@ -31,10 +31,9 @@ from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
-from idempo.stores import open_async_store, open_store
+from idempo.stores import open_pair
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.binding import bind_async, bind_sync
-from idempo.stores.memory import AsyncMemoryStore, MemoryStore
 
 __all__ = ["DEFAULT_STORE", "Idempotency"]
 
@@ -108,9 +107,8 @@ class Idempotency:
                     "this Idempotency was given an async store; it cannot serve a plain def "
                     "(pass a URL, or a sync store from open_store())"
                 )
-            with self._lock:
-                if self._sync_store is None:
-                    self._sync_store = open_store(self._url, **self._store_options)
+            self._open_pair()
+        assert self._sync_store is not None
         return self._sync_store
 
     @property
@@ -122,29 +120,42 @@ class Idempotency:
                     "this Idempotency was given a sync store; it cannot serve an async def "
                     "(pass a URL, or an async store from open_async_store())"
                 )
-            with self._lock:
-                if self._async_store is None:
-                    if urlsplit(self._url).scheme == "memory":
-                        # One in-process dict must serve both kinds of function.
-                        sync = self.store
-                        assert isinstance(sync, MemoryStore)
-                        self._async_store = AsyncMemoryStore(sync)
-                    else:
-                        self._async_store = open_async_store(self._url, **self._store_options)
+            self._open_pair()
+        assert self._async_store is not None
         return self._async_store
 
+    def _open_pair(self) -> None:
+        # Both kinds at once (neither connects before its first use): for memory:// and
+        # SQLite one store serves def and async def alike (stores.open_pair).
+        assert self._url is not None
+        with self._lock:
+            if self._sync_store is None:
+                self._sync_store, self._async_store = open_pair(self._url, **self._store_options)
+
     def close(self) -> None:
-        """Close the sync store this object opened (an async one: use :meth:`aclose`)."""
-        if self._url is not None and self._sync_store is not None:
-            self._sync_store.close()
-            self._sync_store = None
+        """Close the sync store this object opened (and the async one, where the two are one
+        store; otherwise use :meth:`aclose`). A later call opens them again."""
+        if self._url is None or self._sync_store is None:
+            return
+        shared = self._shares_one_store()
+        self._sync_store.close()
+        self._sync_store = None
+        if shared:
+            self._async_store = None
 
     async def aclose(self) -> None:
         """Close every store this object opened."""
         if self._url is not None and self._async_store is not None:
+            shared = self._shares_one_store()
             await self._async_store.close()
             self._async_store = None
+            if shared:
+                self._sync_store = None
         self.close()
+
+    def _shares_one_store(self) -> bool:
+        """The async store runs the sync one in threads (memory, SQLite, MariaDB)."""
+        return getattr(self._async_store, "sync_store", None) is self._sync_store
 
     # -- transactional mode ------------------------------------------------------------------
 
