@@ -344,18 +344,19 @@ def test_crashed_worker_claim_is_taken_over_after_its_lease(http: Http) -> None:
 
 def test_concurrent_identical_requests_execute_once(http: Http) -> None:
     """200 simultaneous requests with one key: exactly one handler execution, held until every
-    other request was answered 409 (in flight, with Retry-After)."""
+    other request was answered 409 (in flight, with Retry-After); 50 more once it finished
+    are all replays of that one execution."""
     n = 200
 
-    async def burst() -> list[httpx.Response]:
+    def post(c: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
+        return asyncio.create_task(
+            c.post("/charges?gate=1", json={"amount": 7}, headers=http.key("burst"))
+        )
+
+    async def burst() -> tuple[list[httpx.Response], list[httpx.Response]]:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         async with http.async_client(limits=limits) as c:
-            tasks = [
-                asyncio.create_task(
-                    c.post("/charges?gate=1", json={"amount": 7}, headers=http.key("burst"))
-                )
-                for _ in range(n)
-            ]
+            tasks = [post(c) for _ in range(n)]
             try:
                 assert await asyncio.to_thread(http.effects.entered.wait, 10)
                 pending: set[asyncio.Task[httpx.Response]] = set(tasks)
@@ -368,9 +369,14 @@ def test_concurrent_identical_requests_execute_once(http: Http) -> None:
                     )
             finally:
                 http.effects.release.set()
-            return await asyncio.gather(*tasks)
+            during = await asyncio.gather(*tasks)
+        # A new client: reusing the burst's 200 kept-alive connections at once is slow.
+        async with http.async_client(limits=limits) as c:
+            after = await asyncio.gather(*(post(c) for _ in range(50)))
+        return during, after
 
-    responses = asyncio.run(burst())
+    responses, replays = asyncio.run(burst())
+    assert (len(responses), len(replays)) == (n, 50)
     assert http.effects.by_key["burst"] == 1
     statuses = collections.Counter(r.status_code for r in responses)
     assert set(statuses) <= {201, 409}, statuses
@@ -379,6 +385,9 @@ def test_concurrent_identical_requests_execute_once(http: Http) -> None:
         r.json() == {"charged": 7, "execution": 1} for r in responses if r.status_code == 201
     )
     assert all(r.headers["retry-after"] for r in responses if r.status_code == 409)
+    assert all(r.status_code == 201 for r in replays)
+    assert all(r.json() == {"charged": 7, "execution": 1} for r in replays)
+    assert all(r.headers["idempotent-replayed"] == "true" for r in replays)
 
 
 def test_idempo_client_over_a_lossy_network_charges_once(http: Http) -> None:
