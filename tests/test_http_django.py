@@ -27,7 +27,7 @@ from django.urls import path
 
 from idempo.django import close_stores
 from tests.conftest import cleanup, store_url
-from tests.http_rig import Effects  # also configures Django
+from tests.http_apps import Effects  # also configures Django
 
 MIDDLEWARE = ["idempo.django.IdempotencyMiddleware"]
 
