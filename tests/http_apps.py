@@ -96,7 +96,7 @@ def starlette_app(current: Current) -> Starlette:
         return JSONResponse(
             {"charged": body.get("amount"), "execution": n},
             status_code=201,
-            headers={"set-cookie": "session=first-client-only", "x-charge-id": f"ch_{n}"},
+            headers={"set-cookie": "theme=first-client-only", "x-charge-id": f"ch_{n}"},
         )
 
     async def flaky(request: Request) -> Response:
@@ -128,6 +128,12 @@ def starlette_app(current: Current) -> Starlette:
         record(request)
         return JSONResponse({"ok": True})
 
+    async def secret(request: Request) -> Response:
+        n = record(request)
+        return JSONResponse(
+            {"n": n}, headers={"x-secret-token": f"tok_live_{n}", "x-order-id": f"o_{n}"}
+        )
+
     return Starlette(
         routes=[
             Route("/charges", charge, methods=["POST"]),
@@ -136,6 +142,7 @@ def starlette_app(current: Current) -> Starlette:
             Route("/boom", boom, methods=["POST"]),
             Route("/big", big, methods=["POST"]),
             Route("/echo", echo, methods=["POST"]),
+            Route("/secret", secret, methods=["POST"]),
             Route("/open/thing", thing, methods=["GET", "POST"]),
             Route("/strict/thing", thing, methods=["POST"]),
         ]
@@ -159,7 +166,7 @@ def flask_app(current: Current) -> flask.Flask:
             current.effects.hold()
         response = flask.jsonify({"charged": body.get("amount"), "execution": n})
         response.status_code = 201
-        response.set_cookie("session", "first-client-only")
+        response.set_cookie("theme", "first-client-only")
         response.headers["x-charge-id"] = f"ch_{n}"
         return response
 
@@ -187,6 +194,14 @@ def flask_app(current: Current) -> flask.Flask:
     def echo() -> flask.Response:
         record()
         return flask.Response(flask.request.get_data(), mimetype="application/octet-stream")
+
+    @app.post("/secret")
+    def secret() -> flask.Response:
+        n = record()
+        response = flask.jsonify({"n": n})
+        response.headers["x-secret-token"] = f"tok_live_{n}"
+        response.headers["x-order-id"] = f"o_{n}"
+        return response
 
     @app.get("/charges")
     @app.get("/open/thing")
@@ -218,7 +233,7 @@ def _charge(request: Any) -> Any:
     if request.GET.get("gate"):
         request.META[CURRENT].effects.hold()
     response = JsonResponse({"charged": body.get("amount"), "execution": n}, status=201)
-    response.set_cookie("session", "first-client-only")
+    response.set_cookie("theme", "first-client-only")
     response["X-Charge-Id"] = f"ch_{n}"
     return response
 
@@ -252,6 +267,14 @@ def _thing(request: Any) -> Any:
     return JsonResponse({"ok": True})
 
 
+def _secret(request: Any) -> Any:
+    n = _django_record(request)
+    response = JsonResponse({"n": n})
+    response["X-Secret-Token"] = f"tok_live_{n}"
+    response["X-Order-Id"] = f"o_{n}"
+    return response
+
+
 def _urlpatterns() -> list[Any]:
     return [
         path("charges", _charge),
@@ -259,6 +282,7 @@ def _urlpatterns() -> list[Any]:
         path("boom", _boom),
         path("big", _big),
         path("echo", _echo),
+        path("secret", _secret),
         path("open/thing", _thing),
         path("strict/thing", _thing),
     ]

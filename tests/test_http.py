@@ -109,9 +109,9 @@ def test_new_key_executes_and_retry_replays(http: Http) -> None:
     assert again.headers["content-type"] == "application/json"
     assert again.headers["content-length"] == str(len(again.content))
     assert "set-cookie" in first.headers
-    assert first.cookies["session"] == "first-client-only"
+    assert first.cookies["theme"] == "first-client-only"
     assert "set-cookie" not in again.headers  # cookies belong to the first client alone
-    assert "session" not in again.cookies
+    assert "theme" not in again.cookies
     assert http.effects.by_key["a1"] == 1
 
 
@@ -263,6 +263,50 @@ def test_scopes_isolate_principals(http: Http) -> None:
     assert c1.json()["execution"] == 3
     assert (a2.json(), b2.json(), c2.json()) == (a1.json(), b1.json(), c1.json())
     assert http.effects.by_key["shared"] == 3
+
+
+def test_session_cookies_isolate_principals_by_default(http: Http) -> None:
+    """Two users of a cookie-session app (Starlette and Flask call the cookie ``session``,
+    Django ``sessionid``), no Authorization header, the default scope, the same key and body:
+    the second runs its own request and never receives the first's response."""
+    with http.client() as c:
+        a1 = c.post("/charges", json={"amount": 1}, headers=http.key("ck", Cookie="session=alice"))
+        b1 = c.post("/charges", json={"amount": 1}, headers=http.key("ck", Cookie="session=bob"))
+        d1 = c.post("/charges", json={"amount": 1}, headers=http.key("ck", Cookie="sessionid=dan"))
+        a2 = c.post("/charges", json={"amount": 1}, headers=http.key("ck", Cookie="session=alice"))
+    assert "idempotent-replayed" not in b1.headers
+    assert "idempotent-replayed" not in d1.headers
+    assert (a1.json()["execution"], b1.json()["execution"], d1.json()["execution"]) == (1, 2, 3)
+    assert a2.headers["idempotent-replayed"] == "true"
+    assert a2.json() == a1.json()
+    assert http.effects.by_key["ck"] == 3
+
+
+def test_replayed_responses_keep_no_secret_headers(http: Http) -> None:
+    """A handler's secret-looking headers (X-Secret-Token) reach the first client only: they
+    are never stored, so a replay does not carry them; its own headers are replayed."""
+    with http.client() as c:
+        first = c.post("/secret", json={}, headers=http.key("sec"))
+        again = c.post("/secret", json={}, headers=http.key("sec"))
+    assert first.headers["x-secret-token"] == "tok_live_1"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "x-secret-token" not in again.headers
+    assert again.headers["x-order-id"] == "o_1"
+
+
+def test_problems_name_their_case(http: Http) -> None:
+    """Each problem+json answer has its own type URI and a stable title (RFC 9457: about:blank
+    would mean the title is just the status phrase); a key with parameters is accepted."""
+    with http.client() as c:
+        malformed = c.post("/charges", json={"amount": 1}, headers={"Idempotency-Key": '"a'})
+        ok = c.post("/charges", json={"amount": 1}, headers={"Idempotency-Key": '"p1";v=1'})
+        reused = c.post("/charges", json={"amount": 2}, headers={"Idempotency-Key": '"p1"'})
+    assert malformed.status_code == 400
+    assert malformed.json()["type"] == "urn:idempo:problem:invalid-key"
+    assert ok.status_code == 201
+    assert reused.status_code == 422
+    assert reused.json()["type"] == "urn:idempo:problem:key-reused"
+    assert reused.json()["title"] == "Idempotency key reused with a different request"
 
 
 def test_response_over_the_limit_is_served_once_then_refused(http: Http) -> None:
