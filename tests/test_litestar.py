@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 import uvicorn
 from litestar import Litestar, Request, get, post
 from litestar.middleware import DefineMiddleware
+from litestar.params import Body
 
 from idempo import open_async_store
 from idempo.asgi import IdempotencyMiddleware
@@ -45,10 +46,12 @@ class Effects:
             return self.by_key[key]
 
 
-def make_app(effects: Effects, store: Any) -> Litestar:
+def make_app(effects: Effects, store: Any = None) -> Litestar:
     @post("/orders", status_code=201)
-    async def create_order(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return {"order": await request.json(), "run": effects.record(request)}
+    async def create_order(
+        request: Request[Any, Any, Any], data: Annotated[dict[str, Any], Body()]
+    ) -> dict[str, Any]:
+        return {"order": data, "run": effects.record(request)}
 
     @post("/slow", status_code=201)
     async def slow(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def make_app(effects: Effects, store: Any) -> Litestar:
     async def health() -> str:
         return "ok"
 
+    if store is None:  # the whole app is wrapped instead
+        return Litestar(route_handlers=[create_order, slow, health])
     return Litestar(
         route_handlers=[create_order, slow, health],
         # One store for every route: Litestar builds the middleware once per route handler, so
@@ -164,3 +169,16 @@ def test_unguarded_requests_pass_through(service: tuple[str, Effects]) -> None:
         runs = [client.post("/orders", json={"sku": "c"}).json()["run"] for _ in range(2)]
     assert runs == [1, 2]
     assert effects.by_key["-"] == 2
+
+
+def test_wrapping_the_whole_app_works_too(tmp_path: Path) -> None:
+    """IdempotencyMiddleware(Litestar(...), store=URL) guards every route: replay and 422."""
+    effects = Effects()
+    app = IdempotencyMiddleware(make_app(effects), store=f"sqlite:///{tmp_path / 'i.db'}")
+    with serve(app) as base, httpx.Client(base_url=base) as client:
+        first = client.post("/orders", json={"sku": "w"}, headers=k("w1"))
+        again = client.post("/orders", json={"sku": "w"}, headers=k("w1"))
+        assert client.post("/orders", json={"sku": "v"}, headers=k("w1")).status_code == 422
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert effects.by_key['"w1"'] == 1
