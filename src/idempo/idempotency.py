@@ -293,6 +293,7 @@ class Idempotency:
         lease: float | None = None,
         wait: float | None = None,
         heartbeat: bool | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
     def idempotent(
@@ -308,6 +309,7 @@ class Idempotency:
         lease: float | None = None,
         wait: float | None = None,
         heartbeat: bool | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
         """Make ``fn`` idempotent: the first call with a key runs it and keeps its result; a
         repeat returns that result without running it.
@@ -319,17 +321,30 @@ class Idempotency:
         all arguments); reusing a key with another fingerprint raises KeyReuseError.
         ``name``: the operation's name in the store (default ``module.qualname``); two functions
         never share records, and renaming a function would orphan its records unless ``name``
-        pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``: override the defaults.
+        pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``, ``serializer``: override the
+        defaults (``serializer=TypedSerializer()`` keeps the return annotation's type).
         """
         overrides: dict[str, Any] = {
             k: v
-            for k, v in {"ttl": ttl, "lease": lease, "wait": wait, "heartbeat": heartbeat}.items()
+            for k, v in {
+                "ttl": ttl,
+                "lease": lease,
+                "wait": wait,
+                "heartbeat": heartbeat,
+                "serializer": serializer,
+            }.items()
             if v is not None
         }
-        policy = dataclasses.replace(self.policy, **overrides) if overrides else self.policy
+        shared = dataclasses.replace(self.policy, **overrides) if overrides else self.policy
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             op = Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
+            policy = shared
+            # A serializer bound to the function (TypedSerializer()) reads its return type
+            # here, once, not per call.
+            bind = getattr(policy.serializer, "for_function", None)
+            if bind is not None:
+                policy = dataclasses.replace(policy, serializer=bind(func))
             if inspect.iscoroutinefunction(func):
                 self._check_can_serve(func, want_async=True)
 
