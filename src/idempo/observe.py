@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "store_kind"]
+__all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "Outcome", "refresh", "store_kind"]
 
 log = logging.getLogger("idempo")
 
@@ -171,6 +171,14 @@ def _telemetry() -> _Telemetry | None:
     return _TELEMETRY
 
 
+def refresh() -> None:
+    """Look at the global OpenTelemetry providers again now (idempo looks at most once a
+    second): for a test, or an application, that configures its SDK after traffic began."""
+    telemetry = _telemetry()
+    if telemetry is not None:
+        telemetry._checked_until = 0.0
+
+
 def store_kind(store: object) -> str:
     """The URL scheme of a store (``memory``, ``sqlite``, ``redis``, ``postgresql``, ``mysql``),
     or its class name for a store idempo does not ship."""
@@ -207,6 +215,11 @@ class Observer:
 
     def __post_init__(self) -> None:
         self._telemetry = _telemetry()
+
+    @property
+    def telemetry_installed(self) -> bool:
+        """Whether opentelemetry-api is installed (store round trips are then wrapped)."""
+        return self._telemetry is not None
 
     def outcome(
         self,
