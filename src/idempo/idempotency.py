@@ -109,12 +109,7 @@ class Idempotency:
     def store(self) -> Store:
         """The synchronous store (opened from the URL on first use)."""
         if self._sync_store is None:
-            if self._url is None:
-                raise TypeError(
-                    "this Idempotency was given an async store; it cannot serve a plain def "
-                    "(pass a URL, or a sync store from open_store())"
-                )
-            self._open_pair()
+            self._open_pair("an async store; it cannot serve a plain def", "open_store()")
         assert self._sync_store is not None
         return self._sync_store
 
@@ -122,19 +117,15 @@ class Idempotency:
     def async_store(self) -> AsyncStore:
         """The asynchronous store (opened from the URL on first use)."""
         if self._async_store is None:
-            if self._url is None:
-                raise TypeError(
-                    "this Idempotency was given a sync store; it cannot serve an async def "
-                    "(pass a URL, or an async store from open_async_store())"
-                )
-            self._open_pair()
+            self._open_pair("a sync store; it cannot serve an async def", "open_async_store()")
         assert self._async_store is not None
         return self._async_store
 
-    def _open_pair(self) -> None:
+    def _open_pair(self, given: str, opener: str) -> None:
         # Both kinds at once (neither connects before its first use): for memory:// and
         # SQLite one store serves def and async def alike (stores.open_pair).
-        assert self._url is not None
+        if self._url is None:
+            raise TypeError(f"this Idempotency was given {given} (pass a URL, or {opener})")
         with self._lock:
             if self._sync_store is None:
                 self._sync_store, self._async_store = open_pair(self._url, **self._store_options)

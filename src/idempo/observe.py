@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "Outcome", "refresh", "store_kind"]
 
@@ -52,16 +52,7 @@ Outcome = Literal[
     "lease_lost",
     "failed",
 ]
-OUTCOMES: tuple[Outcome, ...] = (
-    "executed",
-    "replayed",
-    "in_progress",
-    "mismatch",
-    "not_stored",
-    "store_unavailable",
-    "lease_lost",
-    "failed",
-)
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 @dataclass(slots=True)
