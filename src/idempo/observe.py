@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,11 @@ from typing import Literal, get_args
 __all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "Outcome", "refresh", "store_kind"]
 
 log = logging.getLogger("idempo")
+
+try:
+    _VERSION = importlib.metadata.version("idempo")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    _VERSION = "0"
 
 Kind = Literal["function", "http", "message"]
 Outcome = Literal[
@@ -110,12 +116,10 @@ class _Telemetry:
     def __init__(self) -> None:
         from opentelemetry import metrics, trace
 
-        from idempo import __version__
-
         self._metrics = metrics
         self._trace = trace
-        meter = metrics.get_meter("idempo", __version__)
-        self.tracer = trace.get_tracer("idempo", __version__)
+        meter = metrics.get_meter("idempo", _VERSION)
+        self.tracer = trace.get_tracer("idempo", _VERSION)
         self.operations = meter.create_counter(
             "idempo.operations", unit="{operation}", description="Guarded operations, by outcome"
         )
@@ -209,6 +213,11 @@ class Observer:
         self._telemetry = _telemetry()
 
     @property
+    def active(self) -> bool:
+        """Whether anything listens: OpenTelemetry is installed, or there are hooks."""
+        return self._telemetry is not None or self.hooks is not None
+
+    @property
     def telemetry_installed(self) -> bool:
         """Whether opentelemetry-api is installed (store round trips are then wrapped)."""
         return self._telemetry is not None
@@ -269,6 +278,11 @@ class Observer:
         """Whether store round trips are being measured (an SDK is configured)."""
         telemetry = self._telemetry
         return telemetry is not None and telemetry.recording()
+
+    def measuring_check(self) -> Callable[[], bool]:
+        """:meth:`measuring` as the cheapest callable: a store wrapper asks it per call."""
+        telemetry = self._telemetry
+        return self.measuring if telemetry is None else telemetry.recording
 
     @contextlib.contextmanager
     def round_trip(self, operation: str, scope: str | None, key: str | None) -> Iterator[None]:

@@ -147,7 +147,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class AsyncHttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "observer", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "policy", "scope_fn")
 
     def __init__(self, store: AsyncStore, options: HttpOptions) -> None:
         check_options(options)
@@ -164,8 +164,7 @@ class AsyncHttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.observer = Observer("http", store_kind(store), options.get("hooks"))
-        self.engine = AsyncEngine(store, self.observer)
+        self.engine = AsyncEngine(store, Observer("http", store_kind(store), options.get("hooks")))
 
     async def admit(self, request: AsyncRequest) -> Pass | Respond | Drop | AsyncRecorder:
         """What to do with ``request``. An AsyncRecorder means: run the app with its
@@ -202,11 +201,12 @@ class AsyncHttpFront:
             try:
                 stored = read_stored(decision.outcome, key=key, scope=principal)
             except IdempoError as exc:  # not kept, or unreadable
-                if isinstance(exc, OutcomeNotStoredError):
-                    self.observer.outcome("not_stored", principal, key, error=exc)
+                if isinstance(exc, OutcomeNotStoredError) and self.engine.observer is not None:
+                    self.engine.observer.outcome("not_stored", principal, key, error=exc)
                 return problem(exc, instance=path, type_base=config.problem_type_base)
             replayed = replay_headers(stored)
-            self.observer.outcome("replayed", principal, key, headers=replayed)  # hooks may add
+            if self.engine.observer is not None:  # hooks may add to the replayed headers
+                self.engine.observer.outcome("replayed", principal, key, headers=replayed)
             return Respond(stored.status, replayed, stored.body)
         if isinstance(decision, Reject):
             return problem(decision.error, instance=path, type_base=config.problem_type_base)

@@ -20,11 +20,13 @@ class AsyncObservedStore:
     """``store``, with claim, complete, extend, set_recovery_point and release measured; every
     other attribute is the store's own."""
 
-    __slots__ = ("_observer", "_store")
+    __slots__ = ("_observer", "_store", "measuring")
 
     def __init__(self, store: AsyncStore, observer: Observer) -> None:
         self._store = store
         self._observer = observer
+        # Bound once: the check each call makes is this one call (a cached clock comparison).
+        self.measuring = observer.measuring_check()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -35,7 +37,7 @@ class AsyncObservedStore:
     async def claim(
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult:
-        if not self._observer.measuring():
+        if not self.measuring():
             return await self._store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
         with self._observer.round_trip("claim", scope, key):
             return await self._store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
@@ -43,13 +45,13 @@ class AsyncObservedStore:
     async def complete(
         self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
     ) -> None:
-        if not self._observer.measuring():
+        if not self.measuring():
             return await self._store.complete(scope, key, token, outcome, ttl=ttl)
         with self._observer.round_trip("complete", scope, key):
             return await self._store.complete(scope, key, token, outcome, ttl=ttl)
 
     async def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        if not self._observer.measuring():
+        if not self.measuring():
             return await self._store.extend(scope, key, token, lease=lease)
         with self._observer.round_trip("extend", scope, key):
             return await self._store.extend(scope, key, token, lease=lease)
@@ -57,7 +59,7 @@ class AsyncObservedStore:
     async def set_recovery_point(
         self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
     ) -> float:
-        if not self._observer.measuring():
+        if not self.measuring():
             return await self._store.set_recovery_point(
                 scope, key, token, recovery_point, lease=lease
             )
@@ -67,7 +69,7 @@ class AsyncObservedStore:
             )
 
     async def release(self, scope: str, key: str, token: str) -> bool:
-        if not self._observer.measuring():
+        if not self.measuring():
             return await self._store.release(scope, key, token)
         with self._observer.round_trip("release", scope, key):
             return await self._store.release(scope, key, token)

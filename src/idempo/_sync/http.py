@@ -148,7 +148,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class HttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "observer", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "policy", "scope_fn")
 
     def __init__(self, store: Store, options: HttpOptions) -> None:
         check_options(options)
@@ -165,8 +165,7 @@ class HttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.observer = Observer("http", store_kind(store), options.get("hooks"))
-        self.engine = Engine(store, self.observer)
+        self.engine = Engine(store, Observer("http", store_kind(store), options.get("hooks")))
 
     def admit(self, request: Request) -> Pass | Respond | Drop | Recorder:
         """What to do with ``request``. An Recorder means: run the app with its
@@ -203,11 +202,12 @@ class HttpFront:
             try:
                 stored = read_stored(decision.outcome, key=key, scope=principal)
             except IdempoError as exc:  # not kept, or unreadable
-                if isinstance(exc, OutcomeNotStoredError):
-                    self.observer.outcome("not_stored", principal, key, error=exc)
+                if isinstance(exc, OutcomeNotStoredError) and self.engine.observer is not None:
+                    self.engine.observer.outcome("not_stored", principal, key, error=exc)
                 return problem(exc, instance=path, type_base=config.problem_type_base)
             replayed = replay_headers(stored)
-            self.observer.outcome("replayed", principal, key, headers=replayed)  # hooks may add
+            if self.engine.observer is not None:  # hooks may add to the replayed headers
+                self.engine.observer.outcome("replayed", principal, key, headers=replayed)
             return Respond(stored.status, replayed, stored.body)
         if isinstance(decision, Reject):
             return problem(decision.error, instance=path, type_base=config.problem_type_base)

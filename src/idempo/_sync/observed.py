@@ -21,11 +21,13 @@ class ObservedStore:
     """``store``, with claim, complete, extend, set_recovery_point and release measured; every
     other attribute is the store's own."""
 
-    __slots__ = ("_observer", "_store")
+    __slots__ = ("_observer", "_store", "measuring")
 
     def __init__(self, store: Store, observer: Observer) -> None:
         self._store = store
         self._observer = observer
+        # Bound once: the check each call makes is this one call (a cached clock comparison).
+        self.measuring = observer.measuring_check()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -36,7 +38,7 @@ class ObservedStore:
     def claim(
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult:
-        if not self._observer.measuring():
+        if not self.measuring():
             return self._store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
         with self._observer.round_trip("claim", scope, key):
             return self._store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
@@ -44,13 +46,13 @@ class ObservedStore:
     def complete(
         self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
     ) -> None:
-        if not self._observer.measuring():
+        if not self.measuring():
             return self._store.complete(scope, key, token, outcome, ttl=ttl)
         with self._observer.round_trip("complete", scope, key):
             return self._store.complete(scope, key, token, outcome, ttl=ttl)
 
     def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        if not self._observer.measuring():
+        if not self.measuring():
             return self._store.extend(scope, key, token, lease=lease)
         with self._observer.round_trip("extend", scope, key):
             return self._store.extend(scope, key, token, lease=lease)
@@ -58,7 +60,7 @@ class ObservedStore:
     def set_recovery_point(
         self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
     ) -> float:
-        if not self._observer.measuring():
+        if not self.measuring():
             return self._store.set_recovery_point(
                 scope, key, token, recovery_point, lease=lease
             )
@@ -68,7 +70,7 @@ class ObservedStore:
             )
 
     def release(self, scope: str, key: str, token: str) -> bool:
-        if not self._observer.measuring():
+        if not self.measuring():
             return self._store.release(scope, key, token)
         with self._observer.round_trip("release", scope, key):
             return self._store.release(scope, key, token)
