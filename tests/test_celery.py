@@ -18,8 +18,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -386,8 +388,8 @@ def test_two_workers_many_duplicates_one_effect_per_key(cluster: Cluster) -> Non
     cluster.start("w2", pool="threads", concurrency=2)
     orders = [f"o-dup-{i}" for i in range(8)]
     ids = {order: str(uuid.uuid4()) for order in orders}
-    for _ in range(3):
-        for order in orders:
+    for order in orders:  # side by side, so that the copies of one task run at once
+        for _ in range(3):
             cluster.send("charge", order, 10, work=0.3, task_id=ids[order])
     results = cluster.expect("results", 3 * len(orders))
     by_id: dict[str, list[Any]] = {}
@@ -400,6 +402,106 @@ def test_two_workers_many_duplicates_one_effect_per_key(cluster: Cluster) -> Non
         assert all(r["result"] == runs[0]["result"] for r in runs), runs
         assert cluster.effects(order) == 1, order
     assert {r["hostname"].split("-")[0] for r in results} <= {"w1", "w2"}
+
+
+# -- the store down --------------------------------------------------------------------------
+
+
+class SwitchableProxy:
+    """A TCP proxy to the real Redis that the test can cut: while cut, it drops every open
+    connection and closes each new one at once, which the worker sees as a store outage."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.up = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_store_down_before_the_body_retries_and_after_it_returns_the_live_result(
+    tmp_path: Path,
+) -> None:
+    """The store down at the claim: the body does not run and the task is retried until the
+    store is back, then runs once. Down when the result is recorded: the task still returns
+    the body's live result (effect count 1), and the unrecorded claim runs out."""
+    require_service("redis")
+    require_broker(AMQP_URL)
+    host, port = (
+        "127.0.0.1",
+        redis.Redis.from_url(REDIS_URL).connection_pool.connection_kwargs["port"],
+    )
+    proxy = SwitchableProxy((host, port))
+    options = {"prefix": f"idempo-celery-store-{uuid.uuid4().hex[:12]}:"}
+    c = Cluster(AMQP_URL, f"redis://127.0.0.1:{proxy.port}/0", options, tmp_path)
+    try:
+        c.start("w1")
+        task_id = c.send("charge", "o-down", 10)
+        [retried] = c.expect("retried", 1)
+        assert retried == {"id": task_id, "reason": "StoreUnavailableError"}
+        assert c.effects("o-down") == 0
+        proxy.restore()
+        [first] = c.expect("results", 1)
+        assert (first["id"], first["replayed"]) == (task_id, False)
+        assert c.effects("o-down") == 1
+
+        c.hold("after_effect", "o-late")
+        c.send("charge", "o-late", 10)
+        c.held(1)
+        proxy.cut()
+        c.release("o-late")
+        [_, late] = c.expect("results", 2)
+        assert late["replayed"] is False
+        assert late["result"]["order"] == "o-late"
+        assert c.effects("o-late") == 1
+        assert "ran but its result is not recorded" in c.logs()
+    finally:
+        c.close()
+        proxy.close()
+        cleanup("redis", options)
 
 
 # -- in-process: configuration and the serializer (no broker) ---------------------------------

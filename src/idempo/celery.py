@@ -17,12 +17,13 @@ key = the task id, or ``idempo_key(*args, **kwargs)``, fingerprint = the argumen
                         ├─ returned ─▶ held.finish(value) ─▶ return value
                         └─ raised ───▶ release the claim ─▶ raise (Celery retries as usual)
 
-Settings (``app.conf``; a task attribute of the same name, e.g. ``@app.task(..., idempo_lease=
-120)``, overrides the app's): ``idempo_store`` (required: a store URL, or a sync
+Settings (``app.conf``; a task attribute of the same name, e.g. ``@app.task(...,
+idempo_lease=120)``, overrides the app's): ``idempo_store`` (required: a store URL, or a sync
 :class:`~idempo.stores.base.Store`), ``idempo_store_options`` (a dict for the store's
 constructor), ``idempo_ttl``, ``idempo_lease``, ``idempo_wait``, ``idempo_max_outcome_bytes``,
-``idempo_serializer`` (an idempo Serializer; default: Celery's ``result_serializer`` through
-kombu, so a replay gives back what the result backend would). See docs/celery.md.
+``idempo_in_progress_delay`` (a cap on a duplicate's retry countdown), ``idempo_serializer``
+(an idempo Serializer; default: Celery's ``result_serializer`` through kombu, so a replay
+gives back what the result backend would). See docs/celery.md.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from idempo.errors import (
     InvalidKeyError,
     LeaseLostError,
     SerializationError,
+    StoreError,
     StoreUnavailableError,
 )
 from idempo.stores import open_store
@@ -122,6 +124,7 @@ class IdempotentTask(celery.Task):  # type: ignore[misc]  # celery ships no type
     idempo_lease: float | None = None
     idempo_wait: float | None = None
     idempo_max_outcome_bytes: int | None = None
+    idempo_in_progress_delay: float | None = None
 
     _idempo_operation: Operation | None = None
     _idempo_policy: Policy | None = None
@@ -163,6 +166,9 @@ class IdempotentTask(celery.Task):  # type: ignore[misc]  # celery ships no type
                 return engine.replay(decision.outcome, scope=scope, key=key, policy=policy)
             case Reject(error=InProgressError() as busy) if in_worker:
                 delay = busy.retry_after + _MARGIN
+                cap = self._setting("in_progress_delay", None)
+                if cap is not None:
+                    delay = min(float(cap), delay)
                 log.info(
                     "idempo: %s[%s] is running elsewhere; retrying in %.2fs", self.name, key, delay
                 )
@@ -183,9 +189,10 @@ class IdempotentTask(celery.Task):  # type: ignore[misc]  # celery ships no type
             raise
         try:
             return held.finish(value, unstorable="log")
-        except (LeaseLostError, StoreUnavailableError) as exc:
+        except (LeaseLostError, StoreUnavailableError, StoreError) as exc:
             # The body ran and its value is live: the task succeeded, so Celery gets it. A
-            # retry from here would run the body again once the claim frees itself.
+            # retry from here would run the body again once the claim frees itself (lost
+            # lease: another worker took over and records its own run).
             log.error(
                 "idempo: %s[%s] ran but its result is not recorded (%s: %s); a later duplicate "
                 "may run it again",
@@ -194,7 +201,7 @@ class IdempotentTask(celery.Task):  # type: ignore[misc]  # celery ships no type
                 type(exc).__name__,
                 exc,
             )
-            return exc.value
+            return value
 
     def _retry_waiting(self, exc: Exception, countdown: float) -> Exception:
         """``self.retry`` that does not count against ``max_retries``: waiting for another
@@ -242,7 +249,7 @@ class IdempotentTask(celery.Task):  # type: ignore[misc]  # celery ships no type
             )
         return self._idempo_policy
 
-    def _setting(self, name: str, default: float) -> Any:
+    def _setting(self, name: str, default: float | None) -> Any:
         value = getattr(self, f"idempo_{name}", None)
         if value is None:
             value = self.app.conf.get(f"idempo_{name}")
