@@ -29,8 +29,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench scripts examples
 	$(BIN)/ruff format src tests bench scripts examples
 
-typecheck: $(STAMP)
+typecheck: $(STAMP)  ## mypy --strict on src, and on tests/typing/ (the public API as users write it)
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 
 unasync: $(STAMP)
 	$(BIN)/python scripts/unasync.py --check

@@ -48,9 +48,9 @@ def _probe(kind: str) -> str | None:
         elif kind == "mysql":
             import pymysql
 
-            from idempo.stores.mysql import _parse_url
+            from idempo.stores.mysql import connect_kwargs
 
-            pymysql.connect(**_parse_url(MYSQL_URL), connect_timeout=2).close()
+            pymysql.connect(**connect_kwargs(MYSQL_URL), connect_timeout=2).close()
     except Exception as exc:
         return f"{kind} is not reachable ({exc})"
     return None
@@ -104,10 +104,10 @@ def cleanup(kind: str, options: dict[str, Any]) -> None:
     elif kind == "mysql":
         import pymysql
 
-        from idempo.stores.mysql import _parse_url
+        from idempo.stores.mysql import connect_kwargs
 
         table = options["table"]
-        mconn = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+        mconn = pymysql.connect(**connect_kwargs(MYSQL_URL), autocommit=True)
         try:
             cur = mconn.cursor()
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")

@@ -61,10 +61,10 @@ def main(
     elif db_kind == "mysql":
         import pymysql
 
-        from idempo.stores.mysql import _parse_url
+        from idempo.stores.mysql import connect_kwargs
 
         conn = pymysql.connect(
-            **_parse_url(db_url),
+            **connect_kwargs(db_url),
             autocommit=False,
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         )

@@ -30,7 +30,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from idempo._client_common import _parse_retry_after
 from idempo.client import (
     AsyncClient,
     Client,
@@ -38,6 +37,7 @@ from idempo.client import (
     retry_info,
     was_replayed,
 )
+from idempo.client._policy import _parse_retry_after
 from idempo.core.http import parse_key_header
 from idempo.errors import InvalidKeyError
 
@@ -484,6 +484,41 @@ def test_parse_retry_after() -> None:
     assert _parse_retry_after(None) is None
 
 
+def _http_date(offset: timedelta) -> str:
+    return format_datetime(datetime.now(UTC) + offset, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected_waits"),
+    [
+        ("0.04", [0.04]),  # fractional delay-seconds
+        (" 0.04 ", [0.04]),  # surrounding whitespace
+        ("-3", [0.001]),  # negative means now: our own backoff
+        (_http_date(-timedelta(hours=1)), [0.001]),  # a past date means now
+        ("Wed, 21 Oct 2015 07:28:00 GMT", [0.001]),
+        (_http_date(timedelta(seconds=120)), [0.2]),  # far future: capped at wait_max
+        ("nan", None),  # unparseable: no Retry-After, so the 409 is final
+        ("soon", None),
+    ],
+)
+def test_retry_after_values_on_an_in_flight_409(
+    retry_after: str, expected_waits: list[float] | None, waits: list[float]
+) -> None:
+    """Through the client: a 409 is retried only with a usable Retry-After, waiting what it
+    says (never less than our backoff, never more than ``wait_max``)."""
+    rec = Recorder(httpx.Response(409, headers={"Retry-After": retry_after}), 201)
+    with client(rec, wait_initial=0.001, wait_max=0.2) as c:
+        response = c.post("/a")
+    if expected_waits is None:
+        assert response.status_code == 409
+        assert len(rec.requests) == 1
+        assert waits == []
+    else:
+        assert response.status_code == 201
+        assert len(rec.requests) == 2
+        assert waits == pytest.approx(expected_waits)
+
+
 def test_stamina_testing_mode() -> None:
     """Under ``stamina.set_testing`` attempts are fixed and no backoff (not even Retry-After)
     is slept: how applications test code that uses these clients."""
@@ -581,9 +616,13 @@ def test_was_replayed() -> None:
 def test_importing_without_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without httpx, importing idempo.client says which extra to install."""
     monkeypatch.setitem(sys.modules, "httpx", None)
-    for module in ("idempo.client", "idempo._async.client", "idempo._sync.client"):
+    for module in (
+        "idempo.client",
+        "idempo.client._policy",
+        "idempo.client._async.client",
+        "idempo.client._sync.client",
+    ):
         monkeypatch.delitem(sys.modules, module)
-    monkeypatch.delitem(sys.modules, "idempo._client_common")
     with pytest.raises(ImportError, match=r"pip install 'idempo\[client\]'"):
         importlib.import_module("idempo.client")
 

@@ -818,6 +818,139 @@ async def test_poison_and_unidentifiable_messages_are_dead_lettered(
         assert await b.settled()
 
 
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_adapter_lifecycle_async_with_and_restart(kind: str, tmp_path: Path) -> None:
+    """Every adapter: ``async with`` starts and stops it; a second start() is refused; a
+    stopped consumer starts again, and handles new messages and duplicates once each."""
+    async with open_test_store("memory", tmp_path) as store, open_broker(kind) as broker:
+        ids = ids_for(6)
+        effects: Counter[str] = Counter()
+
+        async def handle(message: Any) -> None:
+            effects[broker.body_id(message)] += 1
+
+        options: dict[str, Any] = {"id_field": "message_id"} if kind == "redis" else {}
+        consumer = await broker.consumer(handle, store, **options)
+        async with consumer as started:
+            assert started is consumer
+            with pytest.raises(RuntimeError, match="already started"):
+                await consumer.start()
+            await broker.publish(ids[:3])
+
+            async def first_half() -> bool:
+                return sum(effects.values()) >= 3 and await broker.settled()
+
+            await wait_until(first_half, "the first messages to be handled")
+        assert consumer._loop is None
+        assert not consumer._tasks.tasks
+
+        await consumer.start()
+        await broker.publish(ids[3:] + ids[:3])  # new messages, and the first ones again
+
+        async def all_done() -> bool:
+            return sum(effects.values()) >= len(ids) and await broker.settled()
+
+        await wait_until(all_done, "the restarted consumer to handle the rest")
+        await broker.stop_all()
+        assert_exactly_once(effects, ids)
+        assert await broker.settled()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_adapter_refuses_message_id_with_a_named_id(kind: str, tmp_path: Path) -> None:
+    """Every adapter refuses message_id= together with id_header= (Redis: id_field=)."""
+    option = "id_field" if kind == "redis" else "id_header"
+    async with open_test_store("memory", tmp_path) as store, open_broker(kind) as broker:
+
+        async def handle(message: Any) -> None:
+            return None
+
+        with pytest.raises(TypeError, match=f"pass message_id= or {option}=, not both"):
+            await broker.consumer(handle, store, message_id=lambda m: "x", **{option: "X-Id"})
+        assert broker.live == []
+
+
+async def test_redis_failed_read_is_logged_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reading loop survives a failing read: with its consumer group gone, XREADGROUP
+    fails, is logged and retried, and once the group is back the consumer reads again."""
+    async with open_test_store("memory", tmp_path) as store, open_broker("redis") as broker:
+        assert isinstance(broker, RedisStreams)
+        ids = ids_for(4)
+        effects: Counter[str] = Counter()
+
+        async def handle(message: Any) -> None:
+            effects[broker.body_id(message)] += 1
+
+        consumer = await broker.consumer(handle, store)
+        await consumer.start()
+        await broker.publish(ids[:2])
+
+        async def first() -> bool:
+            return sum(effects.values()) >= 2 and await broker.settled()
+
+        await wait_until(first, "the first entries to be handled")
+
+        async def warned() -> bool:
+            return any("reading the stream failed" in r.getMessage() for r in caplog.records)
+
+        with caplog.at_level("WARNING", logger="idempo.consumer"):
+            await broker.redis.xgroup_destroy(broker.stream, broker.group)
+            await wait_until(warned, "the failed read to be logged")
+        await broker.redis.xgroup_create(broker.stream, broker.group, id="$")
+        await broker.publish(ids[2:])
+
+        async def rest() -> bool:
+            return sum(effects.values()) >= len(ids) and await broker.settled()
+
+        await wait_until(rest, "the consumer to read again")
+        await broker.stop_all()
+        assert_exactly_once(effects, ids)
+
+
+def test_header_message_id_reads_one_header() -> None:
+    """header_message_id: the header's value as text (bytes decoded), None when it or the
+    headers are missing."""
+    from types import SimpleNamespace
+
+    from idempo.consumers._loop import header_message_id
+
+    read = header_message_id("X-Id")
+    assert read(SimpleNamespace(headers={"X-Id": "a-1"})) == "a-1"
+    assert read(SimpleNamespace(headers={"X-Id": b"b-2"})) == "b-2"
+    assert read(SimpleNamespace(headers={"X-Id": 7})) == "7"
+    assert read(SimpleNamespace(headers={"Other": "c"})) is None
+    assert read(SimpleNamespace(headers=None)) is None
+
+
+async def test_tasks_bounded_or_explicitly_unbounded() -> None:
+    """Tasks(None) never makes the reading loop wait; Tasks(1) waits for its one slot; a limit
+    below 1 is refused."""
+    from idempo.consumers._loop import Tasks
+
+    release = asyncio.Event()
+    unbounded = Tasks(None)
+    for _ in range(3):
+        unbounded.spawn(release.wait())
+    await unbounded.wait_free()  # returns at once: nothing bounds it
+    assert unbounded.free > 3
+    bounded = Tasks(1)
+    bounded.spawn(release.wait())
+    assert bounded.free == 0
+    waiter = asyncio.create_task(bounded.wait_free())
+    await asyncio.sleep(0)  # let the waiter block on the full slot
+    assert not waiter.done()
+    release.set()
+    await waiter
+    await unbounded.drain(None)
+    await bounded.drain(None)
+    assert bounded.free == 1
+    assert not unbounded.tasks
+    with pytest.raises(ValueError, match="concurrency"):
+        Tasks(0)
+
+
 async def test_rabbitmq_message_id_from_header(tmp_path: Path) -> None:
     """id_header= keys RabbitMQ messages by a header instead of the message_id property."""
     async with open_test_store("memory", tmp_path) as store, open_broker("rabbitmq") as broker:

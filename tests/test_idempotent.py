@@ -1,4 +1,6 @@
-"""The @idempotent decorator end to end, on def and async def, over every store."""
+"""The @idempotent decorator end to end, on def and async def, over every store. What reads the
+same on both is written once, in ``tests/_async/test_idempotent.py``, and generated to
+``tests/_sync/``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -57,21 +58,6 @@ class Counter:
 # -- sync -------------------------------------------------------------------------------------
 
 
-def test_first_call_runs_and_repeat_replays(idem: Idempotency) -> None:
-    """The first call runs; a repeat with the same key returns the kept result, unrun."""
-    c = Counter()
-
-    @idem.idempotent(key=lambda order_id, amount: order_id)
-    def charge(order_id: str, amount: int) -> dict[str, Any]:
-        return {"order": order_id, "amount": amount, "run": c.bump()}
-
-    first = charge("o-1", 10)
-    again = charge("o-1", 10)
-    assert first == again == {"order": "o-1", "amount": 10, "run": 1}
-    assert c.calls == 1
-    assert charge("o-2", 10)["run"] == 2
-
-
 def test_key_reuse_with_other_arguments_is_refused(idem: Idempotency) -> None:
     """Same key, different arguments: KeyReuseError, and the function does not run."""
     c = Counter()
@@ -114,22 +100,6 @@ def test_without_key_the_arguments_are_the_key(idem: Idempotency) -> None:
     assert c.calls == 2
 
 
-def test_exception_is_not_kept(idem: Idempotency) -> None:
-    """A raising call releases its claim: the retry runs again."""
-    c = Counter()
-
-    @idem.idempotent(key=lambda x: x)
-    def flaky(x: str) -> int:
-        if c.bump() == 1:
-            raise RuntimeError("transient")
-        return c.calls
-
-    with pytest.raises(RuntimeError, match="transient"):
-        flaky("k")
-    assert flaky("k") == 2
-    assert flaky("k") == 2
-
-
 def test_duplicate_in_flight_is_refused(idem: Idempotency) -> None:
     """While the first call runs, a duplicate gets InProgressError with a retry hint."""
     started, release = threading.Event(), threading.Event()
@@ -155,26 +125,6 @@ def test_duplicate_in_flight_is_refused(idem: Idempotency) -> None:
         first.join(10)
     assert result == [1]
     assert slow("k") == 1
-
-
-def test_duplicate_can_wait_for_the_first(idem: Idempotency) -> None:
-    """With wait=, a duplicate waits for the first call and replays its result."""
-    started, release = threading.Event(), threading.Event()
-    c = Counter()
-
-    @idem.idempotent(key=lambda x: x, wait=10)
-    def slow(x: str) -> int:
-        started.set()
-        release.wait(10)
-        return c.bump()
-
-    first = threading.Thread(target=slow, args=("k",))
-    first.start()
-    assert started.wait(10)
-    threading.Timer(0.2, release.set).start()
-    assert slow("k") == 1
-    first.join(10)
-    assert c.calls == 1
 
 
 def test_wait_is_bounded(idem: Idempotency) -> None:
@@ -354,19 +304,6 @@ def test_store_kind_is_checked_at_decoration() -> None:
 # -- async ------------------------------------------------------------------------------------
 
 
-async def test_async_first_call_runs_and_repeat_replays(aidem: Idempotency) -> None:
-    """async def: the first call runs, a repeat replays, another key runs."""
-    c = Counter()
-
-    @aidem.idempotent(key=lambda order_id: order_id)
-    async def charge(order_id: str) -> dict[str, int]:
-        await asyncio.sleep(0)
-        return {"run": c.bump()}
-
-    assert await charge("o") == await charge("o") == {"run": 1}
-    assert await charge("p") == {"run": 2}
-
-
 async def test_async_concurrent_duplicates_run_once(aidem: Idempotency) -> None:
     """64 concurrent calls with one key: one runs, the rest are refused or replay."""
     c = Counter()
@@ -380,21 +317,6 @@ async def test_async_concurrent_duplicates_run_once(aidem: Idempotency) -> None:
     assert c.calls == 1
     assert all(r == 1 or isinstance(r, InProgressError) for r in results), results
     assert await op("k") == 1
-
-
-async def test_async_exception_is_not_kept(aidem: Idempotency) -> None:
-    """async def: a raising call releases its claim."""
-    c = Counter()
-
-    @aidem.idempotent(key=lambda k: k)
-    async def op(k: str) -> int:
-        if c.bump() == 1:
-            raise ValueError("boom")
-        return c.calls
-
-    with pytest.raises(ValueError, match="boom"):
-        await op("k")
-    assert await op("k") == 2
 
 
 async def test_async_cancelled_call_is_not_kept(aidem: Idempotency) -> None:
@@ -416,61 +338,6 @@ async def test_async_cancelled_call_is_not_kept(aidem: Idempotency) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await op("k") == 2
-
-
-async def test_async_wait_replays_first_result(aidem: Idempotency) -> None:
-    """async def with wait=: the duplicate awaits the first call's result."""
-    c = Counter()
-
-    @aidem.idempotent(key=lambda k: k, wait=10)
-    async def op(k: str) -> int:
-        await asyncio.sleep(0.2)
-        return c.bump()
-
-    a, b = await asyncio.gather(op("k"), op("k"))
-    assert a == b == 1
-    assert c.calls == 1
-
-
-def test_heartbeat_keeps_a_slow_call_from_being_taken_over(idem: Idempotency) -> None:
-    """A live call longer than its lease keeps renewing it: a duplicate during that time is
-    refused (in progress), never run, and the first call's result is kept."""
-    c = Counter()
-
-    @idem.idempotent(key=lambda x: x, lease=0.3)
-    def slow(x: str) -> int:
-        n = c.bump()
-        if n == 1:
-            time.sleep(1.0)  # more than three leases
-        return n
-
-    first = threading.Thread(target=slow, args=("k",))
-    first.start()
-    time.sleep(0.7)  # the lease would have run out twice without the heartbeat
-    with pytest.raises(InProgressError):
-        slow("k")
-    first.join(10)
-    assert slow("k") == 1
-    assert c.calls == 1
-
-
-async def test_async_heartbeat_keeps_a_slow_call(aidem: Idempotency) -> None:
-    """async def: the lease is renewed by a task while the call runs."""
-    c = Counter()
-
-    @aidem.idempotent(key=lambda x: x, lease=0.3)
-    async def slow(x: str) -> int:
-        n = c.bump()
-        if n == 1:
-            await asyncio.sleep(1.0)
-        return n
-
-    task = asyncio.create_task(slow("k"))
-    await asyncio.sleep(0.7)
-    with pytest.raises(InProgressError):
-        await slow("k")
-    assert await task == 1
-    assert c.calls == 1
 
 
 def test_unusual_function_names_and_bad_durations() -> None:

@@ -177,10 +177,10 @@ def test_crash_at_every_point_charges_once(
 def mysql_exec(sql: str, *params: Any) -> list[tuple[Any, ...]]:
     import pymysql
 
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
     from tests.conftest import MYSQL_URL
 
-    conn = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
+    conn = pymysql.connect(**connect_kwargs(MYSQL_URL), autocommit=True)
     try:
         cur = conn.cursor()
         cur.execute(sql, params or None)

@@ -8,30 +8,42 @@ from pathlib import Path
 import pytest
 
 from idempo.stores.base import AsyncStore, Store
-from idempo.testing import AsyncStoreConformance, StoreConformance
+from idempo.testing import AsyncStoreConformance, Capabilities, StoreConformance
 from tests.conftest import STORE_KINDS, async_store, sync_store
 
-# The server expires keys itself, so purge_expired has nothing to do.
-NATIVE_EXPIRY = {"redis"}
-# The store's clock is this process's clock: the client-skew test does not apply.
-CLIENT_CLOCK = {"memory"}
+# What each kind of store cannot do; the suite reads it through its capabilities fixture.
+CAPABILITIES = {
+    "memory": Capabilities(server_clock=False),  # its clock is this process's clock
+    "sqlite": Capabilities(),
+    "redis": Capabilities(expires_natively=True),  # purge_expired has nothing to do
+    "postgres": Capabilities(),
+    "mysql": Capabilities(),
+}
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The kind of store under test, one of conftest.STORE_KINDS."""
+    return str(request.param)
 
 
 class TestSyncStore(StoreConformance):
-    @pytest.fixture(params=STORE_KINDS)
-    def store(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-        self.expires_natively = request.param in NATIVE_EXPIRY
-        self.server_clock = request.param not in CLIENT_CLOCK
-        with sync_store(request.param, tmp_path) as store:
+    @pytest.fixture
+    def capabilities(self, kind: str) -> Capabilities:
+        return CAPABILITIES[kind]
+
+    @pytest.fixture
+    def store(self, kind: str, tmp_path: Path) -> Iterator[Store]:
+        with sync_store(kind, tmp_path) as store:
             yield store
 
 
 class TestAsyncStore(AsyncStoreConformance):
-    @pytest.fixture(params=STORE_KINDS)
-    async def store(
-        self, request: pytest.FixtureRequest, tmp_path: Path
-    ) -> AsyncIterator[AsyncStore]:
-        self.expires_natively = request.param in NATIVE_EXPIRY
-        self.server_clock = request.param not in CLIENT_CLOCK
-        async with async_store(request.param, tmp_path) as store:
+    @pytest.fixture
+    def capabilities(self, kind: str) -> Capabilities:
+        return CAPABILITIES[kind]
+
+    @pytest.fixture
+    async def store(self, kind: str, tmp_path: Path) -> AsyncIterator[AsyncStore]:
+        async with async_store(kind, tmp_path) as store:
             yield store

@@ -1,6 +1,6 @@
-"""The MariaDB store: the conformance suite (sync and async), and what it promises beyond it:
-one request per operation (counted by the client and by the server), safe migrations, error
-translation, a pool that heals, keys compared byte for byte, and a purge that spares live rows.
+"""The MariaDB store: the server-store tier of the public suite (sync and async), and what it
+promises beyond it: one request per operation (counted by the client and by the server), safe
+concurrent migrations, error translation, a pool that heals, keys compared byte for byte.
 
 Every test works in its own table ``idempo_test_<uuid>`` (and its procedures) in the URL's
 database, dropped afterwards. The server comes from IDEMPO_MYSQL_URL (default: the local one);
@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest import mock
@@ -22,7 +22,7 @@ from unittest import mock
 import pymysql  # type: ignore[import-untyped]
 import pytest
 
-from idempo.core.records import ClaimResult, ClaimStatus, State
+from idempo.core.records import ClaimResult, ClaimStatus
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores.mysql import (
     SCHEMA_VERSION,
@@ -31,6 +31,7 @@ from idempo.stores.mysql import (
     open_async,
     open_sync,
 )
+from idempo.testing import AsyncServerStoreConformance, ServerStoreConformance
 from tests.conftest import REQUIRE_SERVICES
 
 MYSQL_URL = os.environ.get("IDEMPO_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -45,10 +46,10 @@ pytestmark = pytest.mark.mysql
 
 
 def _raw_connect(**kwargs: Any) -> Any:
-    from idempo.stores.mysql import _parse_url
+    from idempo.stores.mysql import connect_kwargs
 
     options = {"autocommit": True, "init_command": "SET time_zone = '+00:00'", **kwargs}
-    return pymysql.connect(**_parse_url(MYSQL_URL), **options)
+    return pymysql.connect(**connect_kwargs(MYSQL_URL), **options)
 
 
 def require_mysql() -> None:
@@ -116,7 +117,75 @@ def store(table: str) -> Iterator[MySQLStore]:
     s.close()
 
 
-# The conformance suite runs on MariaDB from tests/test_store_conformance.py (kind "mysql").
+# The first tier of the suite runs on MariaDB from tests/test_store_conformance.py (kind "mysql").
+
+
+# -- the server-store tier of the public suite --------------------------------------------
+
+
+class _MySQLHooks:
+    """What the server-store tier needs to reach a MariaDB store behind its back; the location
+    is the test's table."""
+
+    @pytest.fixture
+    def location(self, table: str) -> str:
+        return table
+
+    def write_newer_format(self, location: str, scope: str, key: str) -> None:
+        _raw(location, "UPDATE {t} SET format = 2 WHERE scope = %s AND `key` = %s", scope, key)
+
+    def stored_lease(self, location: str, scope: str, key: str) -> tuple[Any, Any]:
+        query = "SELECT token, lease_until FROM {t} WHERE scope = %s AND `key` = %s"
+        rows = _raw(location, query, scope, key)
+        assert len(rows) == 1
+        return rows[0]
+
+    def count_records(self, location: str) -> int:
+        ((count,),) = _raw(location, "SELECT COUNT(*) FROM {t}")
+        return int(count)
+
+    def schema_objects(self, location: str) -> tuple[int, int]:
+        return _objects(location)
+
+
+class TestMySQLServerStore(_MySQLHooks, ServerStoreConformance):
+    @pytest.fixture
+    def store(self, location: str) -> Iterator[MySQLStore]:
+        s = MySQLStore.from_url(MYSQL_URL, table=location)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def unmigrated_store(self, location: str) -> Iterator[MySQLStore]:
+        s = MySQLStore.from_url(MYSQL_URL, table=location, auto_migrate=False)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def down_store(self) -> Iterator[MySQLStore]:
+        s = MySQLStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
+        yield s
+        s.close()
+
+
+class TestAsyncMySQLServerStore(_MySQLHooks, AsyncServerStoreConformance):
+    @pytest.fixture
+    async def store(self, location: str) -> AsyncIterator[AsyncMySQLStore]:
+        s = AsyncMySQLStore.from_url(MYSQL_URL, table=location)
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def unmigrated_store(self, location: str) -> AsyncIterator[AsyncMySQLStore]:
+        s = AsyncMySQLStore.from_url(MYSQL_URL, table=location, auto_migrate=False)
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def down_store(self) -> AsyncIterator[AsyncMySQLStore]:
+        s = AsyncMySQLStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
+        yield s
+        await s.close()
 
 
 # -- one statement, one round trip ------------------------------------------------------------
@@ -145,6 +214,7 @@ def _server_counters(conn: Any) -> dict[str, int]:
 
 
 def test_every_operation_is_one_statement_in_one_round_trip(table: str) -> None:
+    """Every operation is one statement in one request, counted by the client and the server."""
     store = MySQLStore.from_url(MYSQL_URL, table=table, max_size=1, cursorclass=_CountingCursor)
     try:
         store.migrate()
@@ -237,15 +307,11 @@ def _objects(table: str) -> tuple[int, int]:
     return int(tables), int(procedures)
 
 
-def test_migrate_is_idempotent(store: MySQLStore, table: str) -> None:
+def test_migrate_creates_the_table_and_its_procedures(store: MySQLStore, table: str) -> None:
+    """Migrated (twice), the database holds the table and its three current procedures."""
     store.migrate()
-    first = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.migrate()  # keeps the data, replaces the procedures
-    store.migrate()
     assert _objects(table) == (1, 3)
-    again = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    assert again.status is ClaimStatus.IN_PROGRESS
-    assert again.record.created_at == first.record.created_at
 
 
 def test_concurrent_migrations_from_many_processes_are_safe(table: str) -> None:
@@ -306,21 +372,6 @@ def test_auto_migration_runs_once_per_store(table: str) -> None:
         again.close()
 
 
-def test_without_auto_migrate_a_missing_schema_is_a_store_error(table: str) -> None:
-    store = MySQLStore.from_url(MYSQL_URL, table=table, auto_migrate=False)
-    try:
-        with pytest.raises(StoreError, match=r"migrate\(\)") as info:
-            store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        assert not isinstance(info.value, StoreUnavailableError)
-        with pytest.raises(StoreError, match=r"migrate\(\)") as info:
-            store.get(SCOPE, "k")
-        assert not isinstance(info.value, StoreUnavailableError)
-        store.migrate()
-        assert store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL).token
-    finally:
-        store.close()
-
-
 def test_application_user_needs_no_ddl_privileges(table: str) -> None:
     """Migrated by an owner, the store runs as a user with DML and EXECUTE rights only."""
     owner = MySQLStore.from_url(MYSQL_URL, table=table)
@@ -354,6 +405,7 @@ def test_application_user_needs_no_ddl_privileges(table: str) -> None:
 
 
 def test_bad_table_names_are_refused() -> None:
+    """Table names that are not plain identifiers, or too long for the procedures, are refused."""
     for bad in ("", "t" * 59, "a-b", "a`b", "1abc", "x y"):
         with pytest.raises(ValueError, match="plain identifier"):
             MySQLStore(table=bad)
@@ -361,6 +413,7 @@ def test_bad_table_names_are_refused() -> None:
 
 
 def test_urls() -> None:
+    """URLs are parsed with percent-decoding; malformed ones and autocommit=False are refused."""
     for bad in (
         "mysql://root@127.0.0.1/",
         "mysql://root@127.0.0.1",
@@ -390,35 +443,6 @@ def test_urls() -> None:
 
 
 # -- errors at the boundary -------------------------------------------------------------------
-
-
-def test_store_down_is_unavailable() -> None:
-    """A refused connection becomes StoreUnavailableError, quickly."""
-    started = time.monotonic()
-    store = MySQLStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
-    try:
-        with pytest.raises(StoreUnavailableError):
-            store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        with pytest.raises(StoreUnavailableError):
-            store.migrate()
-        with pytest.raises(StoreUnavailableError):
-            store.get(SCOPE, "k")
-    finally:
-        store.close()
-    assert time.monotonic() - started < 5
-
-
-async def test_async_store_down_is_unavailable() -> None:
-    started = time.monotonic()
-    store = AsyncMySQLStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
-    try:
-        with pytest.raises(StoreUnavailableError):
-            await store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        with pytest.raises(StoreUnavailableError):
-            await store.complete(SCOPE, "k", _token(), b"x", ttl=TTL)
-    finally:
-        await store.close()
-    assert time.monotonic() - started < 5
 
 
 def test_exhausted_pool_is_unavailable(table: str) -> None:
@@ -483,41 +507,6 @@ def test_procedures_refuse_sessions_in_another_time_zone(store: MySQLStore, tabl
         conn.close()
 
 
-def test_record_of_a_newer_format_is_refused(store: MySQLStore, table: str) -> None:
-    store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    _raw(table, "UPDATE {t} SET format = 2")
-    with pytest.raises(StoreError, match="format 2"):
-        store.get(SCOPE, "k")
-    with pytest.raises(StoreError, match="format 2"):
-        store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-
-
-def test_lease_lost_says_why(store: MySQLStore) -> None:
-    stale = store.claim(SCOPE, "k", "fp", _token(), lease=0.05, ttl=TTL)
-    time.sleep(0.06)
-    fresh = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    with pytest.raises(LeaseLostError, match="taken over"):
-        store.extend(SCOPE, "k", stale.token, lease=LEASE)
-    store.complete(SCOPE, "k", fresh.token, b"x", ttl=TTL)
-    with pytest.raises(LeaseLostError, match="already completed"):
-        store.complete(SCOPE, "k", fresh.token, b"y", ttl=TTL)
-    with pytest.raises(LeaseLostError, match="gone"):
-        store.set_recovery_point(SCOPE, "absent", fresh.token, b"p", lease=LEASE)
-
-
-def test_tokens_stay_on_the_server(store: MySQLStore, table: str) -> None:
-    """Only ACQUIRED answers carry the token; the table holds none once completed."""
-    first = store.claim(SCOPE, "k", "fp", "secret-token", lease=LEASE, ttl=TTL)
-    assert first.token == "secret-token"
-    assert store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL).record.token is None
-    assert store.claim(SCOPE, "k", "fp2", _token(), lease=LEASE, ttl=TTL).record.token is None
-    record = store.get(SCOPE, "k")
-    assert record is not None
-    assert record.token is None
-    store.complete(SCOPE, "k", first.token, b"x", ttl=TTL)
-    assert _raw(table, "SELECT token, lease_until FROM {t}") == [(None, None)]
-
-
 def test_keys_are_compared_byte_for_byte(store: MySQLStore) -> None:
     """Case and trailing spaces make different keys (ascii_bin would pad 'k ' to equal 'k')."""
     keys = ["k", "k ", "K", "k  ", " k"]
@@ -548,6 +537,7 @@ def test_same_token_reclaim_is_in_progress(store: MySQLStore) -> None:
 
 
 def test_closed_store_refuses_work(table: str) -> None:
+    """A closed store has closed its pool and refuses further work."""
     store = MySQLStore.from_url(MYSQL_URL, table=table)
     store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.close()
@@ -561,6 +551,7 @@ def test_closed_store_refuses_work(table: str) -> None:
 
 
 def test_purge_deletes_only_expired_rows_in_batches(store: MySQLStore, table: str) -> None:
+    """purge_expired(limit) deletes expired rows limit at a time, never a live one."""
     for i in range(7):
         first = store.claim(SCOPE, f"e{i}", "fp", _token(), lease=LEASE, ttl=TTL)
         store.complete(SCOPE, f"e{i}", first.token, b"x", ttl=0.05)
@@ -572,54 +563,6 @@ def test_purge_deletes_only_expired_rows_in_batches(store: MySQLStore, table: st
     assert store.purge_expired(limit=3) == 0
     assert store.purge_expired(limit=0) == 0
     assert _raw(table, "SELECT `key` FROM {t}") == [("held",)]
-
-
-def test_purge_never_deletes_live_rows(store: MySQLStore, table: str) -> None:
-    """Purging in a loop while claimers revive expired keys: no revived record is lost, live
-    rows (in progress, lapsed leases, completed) are never touched, and nobody sees an error
-    (a purge locking index entries before rows would deadlock with the revivals)."""
-    lapsed = store.claim(SCOPE, "lapsed", "fp", _token(), lease=0.05, ttl=TTL)
-    done = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
-    store.complete(SCOPE, "done", done.token, b"kept", ttl=TTL)
-    store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
-    for rnd in range(3):
-        keys = [f"r{rnd}-{i}" for i in range(48)]
-        for key in keys:
-            first = store.claim(SCOPE, key, "old", _token(), lease=LEASE, ttl=TTL)
-            store.complete(SCOPE, key, first.token, b"old", ttl=0.05)
-        time.sleep(0.1)
-        stop = threading.Event()
-
-        def purge(stop: threading.Event = stop) -> None:
-            while not stop.is_set():
-                store.purge_expired(limit=3)
-
-        def revive(key: str) -> bool:
-            result = store.claim(SCOPE, key, "new", _token(), lease=LEASE, ttl=TTL)
-            assert result.status is ClaimStatus.ACQUIRED
-            assert not result.takeover
-            record = store.get(SCOPE, key)
-            return record is not None and record.fingerprint == "new"
-
-        with ThreadPoolExecutor(9) as executor:
-            purgers = [executor.submit(purge) for _ in range(3)]
-            revived = list(executor.map(revive, keys))
-            stop.set()
-            for p in purgers:
-                p.result()
-        assert all(revived)
-        for key in keys:
-            record = store.get(SCOPE, key)
-            assert record is not None, key
-            assert record.state is State.IN_PROGRESS, key
-        assert store.purge_expired() == 0
-    assert store.get(SCOPE, "lapsed") is not None  # lease ran out, record still live
-    kept = store.get(SCOPE, "done")
-    assert kept is not None
-    assert kept.outcome == b"kept"
-    assert store.get(SCOPE, "held") is not None
-    assert lapsed.token
-    assert _raw(table, "SELECT COUNT(*) FROM {t}") == [(3 + 3 * 48,)]
 
 
 # -- concurrency beyond the suite -------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""What the PostgreSQL store promises beyond the conformance suite: one statement in one round
-trip per operation, safe migrations, error translation, purge that spares live rows, and pool
-ownership. Every test works in its own schema ``idempo_test_<uuid>`` and drops it."""
+"""The PostgreSQL store: the server-store tier of the public suite (sync and async), and what it
+promises beyond it: one statement in one round trip per operation, safe concurrent migrations,
+error translation, a purge that skips locked rows, and pool ownership. Every test works in its
+own schema ``idempo_test_<uuid>`` and drops it."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from idempo import open_store
-from idempo.core.records import ClaimStatus, State
+from idempo.core.records import ClaimStatus
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores.postgres import AsyncPostgresStore, PostgresStore, migration_sql
+from idempo.testing import AsyncServerStoreConformance, ServerStoreConformance
 from tests.conftest import POSTGRES_URL, require_service
 
 pytestmark = pytest.mark.postgres
@@ -80,6 +82,75 @@ def _raw(schema: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         cur = conn.execute(sql.SQL(query).format(t=table), params)
         return cur.fetchall() if cur.description else []
+
+
+# -- the server-store tier of the public suite --------------------------------------------
+
+
+class _PostgresHooks:
+    """What the server-store tier needs to reach a PostgreSQL store behind its back; the
+    location is the test's schema."""
+
+    @pytest.fixture
+    def location(self, schema: str) -> str:
+        return schema
+
+    def write_newer_format(self, location: str, scope: str, key: str) -> None:
+        _raw(location, "UPDATE {t} SET format = 2 WHERE scope = %s AND key = %s", scope, key)
+
+    def stored_lease(self, location: str, scope: str, key: str) -> tuple[Any, Any]:
+        rows = _raw(
+            location, "SELECT token, lease_until FROM {t} WHERE scope = %s AND key = %s", scope, key
+        )
+        assert len(rows) == 1
+        return rows[0]
+
+    def count_records(self, location: str) -> int:
+        ((count,),) = _raw(location, "SELECT count(*) FROM {t}")
+        return int(count)
+
+    def schema_objects(self, location: str) -> tuple[int, int, int]:
+        return _objects(location)
+
+
+class TestPostgresServerStore(_PostgresHooks, ServerStoreConformance):
+    @pytest.fixture
+    def store(self, location: str) -> Iterator[PostgresStore]:
+        s = PostgresStore.from_url(POSTGRES_URL, schema=location)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def unmigrated_store(self, location: str) -> Iterator[PostgresStore]:
+        s = PostgresStore.from_url(POSTGRES_URL, schema=location, auto_migrate=False)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def down_store(self) -> Iterator[PostgresStore]:
+        s = PostgresStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
+        yield s
+        s.close()
+
+
+class TestAsyncPostgresServerStore(_PostgresHooks, AsyncServerStoreConformance):
+    @pytest.fixture
+    async def store(self, location: str) -> AsyncIterator[AsyncPostgresStore]:
+        s = AsyncPostgresStore.from_url(POSTGRES_URL, schema=location)
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def unmigrated_store(self, location: str) -> AsyncIterator[AsyncPostgresStore]:
+        s = AsyncPostgresStore.from_url(POSTGRES_URL, schema=location, auto_migrate=False)
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def down_store(self) -> AsyncIterator[AsyncPostgresStore]:
+        s = AsyncPostgresStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
+        yield s
+        await s.close()
 
 
 # -- one statement, one round trip ------------------------------------------------------------
@@ -284,14 +355,12 @@ def _objects(schema: str) -> tuple[int, int, int]:
     return row[0], row[1], row[2]
 
 
-def test_migrate_is_idempotent(store: PostgresStore, schema: str) -> None:
+def test_migrate_creates_the_table_its_indexes_and_the_claim_function(
+    store: PostgresStore, schema: str
+) -> None:
+    """Migrated (twice), the schema holds one table, its two indexes and the claim function."""
     store.migrate()
-    first = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.migrate()
-    store.migrate()
-    # Records survive a re-run: nothing is dropped or recreated.
-    again = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    assert (first.status, again.status) == (ClaimStatus.ACQUIRED, ClaimStatus.IN_PROGRESS)
     assert _objects(schema) == (1, 2, 1)  # the table; its primary key and expiry index; claim
 
 
@@ -348,6 +417,7 @@ def test_auto_migrate_runs_once_for_concurrent_first_calls(schema: str) -> None:
 
 
 async def test_async_auto_migrate_runs_once_for_concurrent_first_calls(schema: str) -> None:
+    """64 first callers at once on the async store: one migrates, the others wait for it."""
     store = AsyncPostgresStore.from_url(POSTGRES_URL, schema=schema, max_size=10)
     try:
         with mock.patch.object(store, "_migrate", wraps=store._migrate) as migrate:
@@ -361,18 +431,6 @@ async def test_async_auto_migrate_runs_once_for_concurrent_first_calls(schema: s
         assert migrate.call_count == 1
     finally:
         await store.close()
-
-
-def test_without_auto_migrate_a_missing_schema_is_a_store_error(schema: str) -> None:
-    store = PostgresStore.from_url(POSTGRES_URL, schema=schema, auto_migrate=False)
-    try:
-        with pytest.raises(StoreError, match=r"migrate\(\)") as info:
-            store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        assert not isinstance(info.value, StoreUnavailableError)
-        store.migrate()
-        assert store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL).token
-    finally:
-        store.close()
 
 
 def test_migration_sql_script_creates_the_same_schema(schema: str) -> None:
@@ -448,6 +506,7 @@ def test_odd_schema_and_table_names_are_quoted() -> None:
 
 
 def test_names_postgres_would_truncate_are_refused() -> None:
+    """Table and schema names PostgreSQL would truncate, and empty ones, are refused up front."""
     with pytest.raises(ValueError, match="48 bytes"):
         PostgresStore.from_url(POSTGRES_URL, table="t" * 49)
     with pytest.raises(ValueError, match="63 bytes"):
@@ -457,35 +516,6 @@ def test_names_postgres_would_truncate_are_refused() -> None:
 
 
 # -- errors at the boundary ------------------------------------------------------------------
-
-
-def test_store_down_is_unavailable() -> None:
-    """A refused connection becomes StoreUnavailableError within the pool timeout."""
-    started = time.monotonic()
-    store = PostgresStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
-    try:
-        with pytest.raises(StoreUnavailableError):
-            store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        with pytest.raises(StoreUnavailableError):
-            store.migrate()
-        with pytest.raises(StoreUnavailableError):
-            store.get(SCOPE, "k")
-    finally:
-        store.close()
-    assert time.monotonic() - started < 5
-
-
-async def test_async_store_down_is_unavailable() -> None:
-    started = time.monotonic()
-    store = AsyncPostgresStore.from_url(DOWN_URL, connect_timeout=1, pool_timeout=0.5)
-    try:
-        with pytest.raises(StoreUnavailableError):
-            await store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-        with pytest.raises(StoreUnavailableError):
-            await store.complete(SCOPE, "k", _token(), b"x", ttl=TTL)
-    finally:
-        await store.close()
-    assert time.monotonic() - started < 5
 
 
 def test_exhausted_pool_is_unavailable(schema: str) -> None:
@@ -554,41 +584,6 @@ def test_repeatable_read_sessions_are_refused(store: PostgresStore, schema: str)
         rr.close()
 
 
-def test_record_of_a_newer_format_is_refused(store: PostgresStore, schema: str) -> None:
-    store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    _raw(schema, "UPDATE {t} SET format = 2")
-    with pytest.raises(StoreError, match="format 2"):
-        store.get(SCOPE, "k")
-    with pytest.raises(StoreError, match="format 2"):
-        store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-
-
-def test_lease_lost_says_why(store: PostgresStore) -> None:
-    stale = store.claim(SCOPE, "k", "fp", _token(), lease=0.05, ttl=TTL)
-    time.sleep(0.06)
-    fresh = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
-    with pytest.raises(LeaseLostError, match="taken over"):
-        store.extend(SCOPE, "k", stale.token, lease=LEASE)
-    store.complete(SCOPE, "k", fresh.token, b"x", ttl=TTL)
-    with pytest.raises(LeaseLostError, match="already completed"):
-        store.complete(SCOPE, "k", fresh.token, b"y", ttl=TTL)
-    with pytest.raises(LeaseLostError, match="gone"):
-        store.set_recovery_point(SCOPE, "absent", fresh.token, b"p", lease=LEASE)
-
-
-def test_tokens_stay_on_the_server(store: PostgresStore, schema: str) -> None:
-    """Only ACQUIRED answers carry the token; the table holds none once completed."""
-    first = store.claim(SCOPE, "k", "fp", "secret-token", lease=LEASE, ttl=TTL)
-    assert first.token == "secret-token"
-    assert store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL).record.token is None
-    assert store.claim(SCOPE, "k", "fp2", _token(), lease=LEASE, ttl=TTL).record.token is None
-    record = store.get(SCOPE, "k")
-    assert record is not None
-    assert record.token is None
-    store.complete(SCOPE, "k", first.token, b"x", ttl=TTL)
-    assert _raw(schema, "SELECT token, lease_until FROM {t}") == [(None, None)]
-
-
 # -- purge -----------------------------------------------------------------------------------
 
 
@@ -618,56 +613,11 @@ def test_purge_skips_rows_a_claimer_holds_locked(schema: str) -> None:
         store.close()
 
 
-def test_purge_never_deletes_live_rows(store: PostgresStore, schema: str) -> None:
-    """Purging in a loop while claimers revive expired keys: no revived record is lost, and
-    live rows (in progress, lapsed leases, completed) are never touched."""
-    lapsed = store.claim(SCOPE, "lapsed", "fp", _token(), lease=0.05, ttl=TTL)
-    done = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
-    store.complete(SCOPE, "done", done.token, b"kept", ttl=TTL)
-    store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
-    for rnd in range(3):
-        keys = [f"r{rnd}-{i}" for i in range(48)]
-        for key in keys:
-            first = store.claim(SCOPE, key, "old", _token(), lease=LEASE, ttl=TTL)
-            store.complete(SCOPE, key, first.token, b"old", ttl=0.05)
-        time.sleep(0.1)
-        stop = threading.Event()
-
-        def purge(stop: threading.Event = stop) -> None:
-            while not stop.is_set():
-                store.purge_expired(limit=3)
-
-        def revive(key: str) -> bool:
-            result = store.claim(SCOPE, key, "new", _token(), lease=LEASE, ttl=TTL)
-            assert result.status is ClaimStatus.ACQUIRED
-            record = store.get(SCOPE, key)
-            return record is not None and record.fingerprint == "new"
-
-        with ThreadPoolExecutor(9) as executor:
-            purgers = [executor.submit(purge) for _ in range(3)]
-            revived = list(executor.map(revive, keys))
-            stop.set()
-            for p in purgers:
-                p.result()
-        assert all(revived)
-        for key in keys:
-            record = store.get(SCOPE, key)
-            assert record is not None, key
-            assert record.state is State.IN_PROGRESS, key
-        assert store.purge_expired() == 0
-    assert store.get(SCOPE, "lapsed") is not None  # lease ran out, record still live
-    kept = store.get(SCOPE, "done")
-    assert kept is not None
-    assert kept.outcome == b"kept"
-    assert store.get(SCOPE, "held") is not None
-    assert lapsed.token
-    assert _raw(schema, "SELECT count(*) FROM {t}") == [(3 + 3 * 48,)]
-
-
 # -- pool ownership --------------------------------------------------------------------------
 
 
 def test_a_pool_passed_in_stays_open(schema: str) -> None:
+    """Closing a store leaves a pool passed in open for its owner; the store refuses work."""
     pool = ConnectionPool(
         POSTGRES_URL, min_size=1, max_size=2, kwargs={"autocommit": True}, open=True
     )
@@ -684,6 +634,7 @@ def test_a_pool_passed_in_stays_open(schema: str) -> None:
 
 
 def test_a_store_from_a_url_closes_its_pool(schema: str) -> None:
+    """A store built from a URL owns its pool and closes it; the store refuses work."""
     store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
     store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     store.close()

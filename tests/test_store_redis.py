@@ -1,5 +1,6 @@
-"""What the Redis store promises beyond the conformance suite: one command per operation, its
-record layout, error translation, WAIT, and client ownership."""
+"""The Redis store: the server-store tier of the public suite (sync and async), and what it
+promises beyond it: one command per operation, its record layout, error translation, WAIT, and
+client ownership."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from idempo import open_store
-from idempo.core.records import ClaimStatus, State
+from idempo.core.records import ClaimStatus
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores.redis import AsyncRedisStore, RedisStore
+from idempo.testing import AsyncServerStoreConformance, ServerStoreConformance
 from tests.conftest import REDIS_URL, require_service
 
 pytestmark = pytest.mark.redis
@@ -83,6 +85,74 @@ def _key() -> str:
 
 def _token() -> str:
     return uuid.uuid4().hex
+
+
+# -- the server-store tier of the public suite --------------------------------------------
+
+
+def _redis_key(prefix: str, scope: str, key: str) -> str:
+    """The record's key, as test_record_layout pins it."""
+    return f"{prefix}{len(scope)}:{scope}:{key}"
+
+
+class _RedisHooks:
+    """What the server-store tier needs to reach a Redis store behind its back; the location is
+    the test's key prefix. Redis has no schema and expires records itself."""
+
+    has_schema = False
+    expires_natively = True
+    newer_format_match = "schema v2"
+    unavailable_match = "Redis is unavailable"
+
+    @pytest.fixture
+    def location(self, prefix: str) -> str:
+        return prefix
+
+    def write_newer_format(self, location: str, scope: str, key: str) -> None:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.hset(_redis_key(location, scope, key), "v", "2")
+
+    def stored_lease(self, location: str, scope: str, key: str) -> tuple[Any, Any]:
+        with redis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
+            token, lease_until = client.hmget(
+                _redis_key(location, scope, key), "token", "lease_until"
+            )
+        return token, lease_until
+
+    def count_records(self, location: str) -> int:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            return sum(1 for _ in client.scan_iter(match=location + "*", count=1000))
+
+    def schema_objects(self, location: str) -> None:
+        return None
+
+
+class TestRedisServerStore(_RedisHooks, ServerStoreConformance):
+    @pytest.fixture
+    def store(self, location: str) -> Iterator[RedisStore]:
+        s = RedisStore.from_url(REDIS_URL, prefix=location)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def down_store(self) -> Iterator[RedisStore]:
+        s = RedisStore.from_url(DOWN_URL, **_no_retry())
+        yield s
+        s.close()
+
+
+class TestAsyncRedisServerStore(_RedisHooks, AsyncServerStoreConformance):
+    @pytest.fixture
+    async def store(self, location: str) -> AsyncIterator[AsyncRedisStore]:
+        s = AsyncRedisStore.from_url(REDIS_URL, prefix=location)
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def down_store(self) -> AsyncIterator[AsyncRedisStore]:
+        s = AsyncRedisStore.from_url(DOWN_URL, **_async_no_retry())
+        yield s
+        await s.close()
 
 
 # -- one command per operation -----------------------------------------------------------------
@@ -177,6 +247,7 @@ def test_every_operation_is_one_evalsha(raw: redis.Redis, prefix: str) -> None:
 
 
 async def test_async_operations_are_one_evalsha(raw: redis.Redis, prefix: str) -> None:
+    """The async store sends one EVALSHA per operation too."""
     name = f"idempo-test-{uuid.uuid4().hex}"
     store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, client_name=name)
     try:
@@ -236,6 +307,7 @@ def test_scripts_issue_few_commands(store: RedisStore, raw: redis.Redis) -> None
 
 
 def test_record_layout(store: RedisStore, raw: redis.Redis, prefix: str) -> None:
+    """A record is one hash at prefix + len(scope):scope:key, expiring at its expires_at."""
     key = _key()
     claimed = store.claim("scope:x", key, "fp", "tok", lease=LEASE, ttl=TTL)
     redis_key = f"{prefix}7:scope:x:{key}"
@@ -336,20 +408,8 @@ def test_stray_fields_without_version_do_not_leak(store: RedisStore, raw: redis.
     assert b"recovery_point" not in fields
 
 
-def test_lease_lost_reasons(store: RedisStore) -> None:
-    key = _key()
-    first = store.claim("s", key, "fp", "t1", lease=LEASE, ttl=TTL)
-    with pytest.raises(LeaseLostError, match="taken over"):
-        store.extend("s", key, "other", lease=LEASE)
-    store.complete("s", key, first.token, b"x", ttl=TTL)
-    with pytest.raises(LeaseLostError, match="already completed"):
-        store.set_recovery_point("s", key, first.token, b"p", lease=LEASE)
-    record = store.get("s", key)
-    assert record is not None
-    assert record.state is State.COMPLETED
-
-
 def test_foreign_data_is_a_store_error(store: RedisStore, raw: redis.Redis) -> None:
+    """A newer schema's record or a key of another type is a StoreError, not a crash."""
     newer, wrong_type = _key(), _key()
     raw.hset(store.redis_key("s", newer), mapping={"v": "2", "expires_at": 1})
     raw.set(store.redis_key("s", wrong_type), "not a hash")
@@ -409,6 +469,7 @@ def test_lost_script_cache_is_reloaded(store: RedisStore) -> None:
 
 
 async def test_async_lost_script_cache_is_reloaded(astore: AsyncRedisStore) -> None:
+    """The async store reloads a script the server forgot."""
     key = _key()
     astore._claim.sha = "0" * 40
     claimed = await astore.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
@@ -429,27 +490,8 @@ OPERATIONS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-@pytest.mark.parametrize("operation", list(OPERATIONS))
-def test_store_down_is_unavailable(operation: str) -> None:
-    store = RedisStore.from_url(DOWN_URL, **_no_retry())
-    try:
-        with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
-            OPERATIONS[operation](store)
-    finally:
-        store.close()
-
-
-@pytest.mark.parametrize("operation", list(OPERATIONS))
-async def test_async_store_down_is_unavailable(operation: str) -> None:
-    store = AsyncRedisStore.from_url(DOWN_URL, **_async_no_retry())
-    try:
-        with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
-            await OPERATIONS[operation](store)
-    finally:
-        await store.close()
-
-
 def test_store_down_through_open_store() -> None:
+    """A store from open_store on a down server gives StoreUnavailableError."""
     store = open_store(DOWN_URL, prefix="p:", **_no_retry())
     try:
         assert isinstance(store, RedisStore)
@@ -480,6 +522,7 @@ def _replicas(raw: redis.Redis) -> int:
 def test_wait_without_enough_replicas_raises_but_keeps_the_record(
     raw: redis.Redis, prefix: str
 ) -> None:
+    """WAIT without enough replicas raises StoreError, promptly, and the record stays stored."""
     if _replicas(raw) >= 1:
         pytest.skip("this test needs a Redis primary without replicas")
     name = f"idempo-test-{uuid.uuid4().hex}"
@@ -511,6 +554,7 @@ def test_wait_without_enough_replicas_raises_but_keeps_the_record(
 
 
 async def test_async_wait_without_enough_replicas_raises(raw: redis.Redis, prefix: str) -> None:
+    """The async store's WAIT without enough replicas raises and keeps the record."""
     if _replicas(raw) >= 1:
         pytest.skip("this test needs a Redis primary without replicas")
     store = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix, wait_replicas=1, wait_timeout=0.05)
@@ -544,6 +588,7 @@ def test_wait_with_enough_replicas_passes(raw: redis.Redis, prefix: str) -> None
 
 
 def test_invalid_options_are_refused(raw: redis.Redis) -> None:
+    """decode_responses=True and out-of-range WAIT options are refused."""
     with (
         redis.Redis.from_url(REDIS_URL, decode_responses=True) as decoding,
         pytest.raises(ValueError, match="decode_responses=False"),
@@ -558,6 +603,7 @@ def test_invalid_options_are_refused(raw: redis.Redis) -> None:
 
 
 def test_close_leaves_a_passed_client_open(raw: redis.Redis, prefix: str) -> None:
+    """Closing a store leaves a client passed in open for its owner."""
     store = RedisStore(raw, prefix=prefix)
     store.migrate()
     assert store.get("s", _key()) is None
@@ -566,6 +612,7 @@ def test_close_leaves_a_passed_client_open(raw: redis.Redis, prefix: str) -> Non
 
 
 async def test_async_close_leaves_a_passed_client_open(prefix: str) -> None:
+    """Closing an async store leaves a client passed in open for its owner."""
     async with redis.asyncio.Redis.from_url(REDIS_URL) as client:
         store = AsyncRedisStore(client, prefix=prefix)
         await store.migrate()
@@ -576,6 +623,7 @@ async def test_async_close_leaves_a_passed_client_open(prefix: str) -> None:
 
 
 def test_missing_redis_package_names_the_extra() -> None:
+    """Without redis-py, importing the store says which extra to install."""
     code = (
         "import sys; sys.modules['redis'] = None\n"
         "try:\n"

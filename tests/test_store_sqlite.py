@@ -17,7 +17,13 @@ import pytest
 from idempo import open_async_store, open_store
 from idempo.core.records import ClaimStatus
 from idempo.errors import StoreError, StoreUnavailableError
-from idempo.stores.sqlite import FORMAT_VERSION, AsyncSQLiteStore, SQLiteStore, open_sync
+from idempo.stores.sqlite import (
+    RECORD_FORMAT,
+    SCHEMA_VERSION,
+    AsyncSQLiteStore,
+    SQLiteStore,
+    open_sync,
+)
 
 pytestmark = pytest.mark.sqlite
 
@@ -222,7 +228,7 @@ def test_migrate_is_idempotent_and_the_table_name_configurable(db: Path) -> None
     assert {"my_records", "my_records_expires_at", "idempo_schema"} <= names
     assert "idempo_records" not in names
     version = raw.execute("SELECT version FROM idempo_schema WHERE table_name = 'my_records'")
-    assert version.fetchone()[0] == FORMAT_VERSION
+    assert version.fetchone()[0] == SCHEMA_VERSION
     raw.close()
 
 
@@ -239,7 +245,7 @@ def test_newer_schema_is_refused(db: Path) -> None:
     SQLiteStore(db).migrate()
     raw = sqlite3.connect(db)
     with raw:
-        raw.execute("UPDATE idempo_schema SET version = ?", (FORMAT_VERSION + 1,))
+        raw.execute("UPDATE idempo_schema SET version = ?", (SCHEMA_VERSION + 1,))
     raw.close()
     for auto in (True, False):
         store = SQLiteStore(db, auto_migrate=auto)
@@ -255,7 +261,7 @@ def test_newer_record_format_is_refused(db: Path, store: SQLiteStore) -> None:
     _claim(store)
     raw = sqlite3.connect(db)
     with raw:
-        raw.execute("UPDATE idempo_records SET format_version = ?", (FORMAT_VERSION + 1,))
+        raw.execute("UPDATE idempo_records SET format_version = ?", (RECORD_FORMAT + 1,))
     raw.close()
     with pytest.raises(StoreError, match="newer"):
         store.get("s", "k")

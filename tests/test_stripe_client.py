@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route as StarletteRoute  # noqa: E402
 
 from idempo.asgi import IdempotencyMiddleware  # noqa: E402
-from tests.test_http_asgi import serve  # noqa: E402
+from tests.http_rig import serve_asgi as serve  # noqa: E402
 
 
 class Ledger:

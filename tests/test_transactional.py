@@ -1,12 +1,16 @@
 """Transactional mode: the record commits (or rolls back) with the caller's own writes.
 
-Includes the crash tests: a worker process is killed with SIGKILL after its claim, after its
-effect (before the commit) and after the commit (before it could reply); a retry then runs or
-replays, and the effect is in the database exactly once.
+The scenarios every database must pass (one effect then replays, a rollback undoes the claim,
+concurrent duplicates, the crash tests) are written once, over a ``db`` fixture fanned out over
+SQLite, PostgreSQL and MariaDB. The crash tests kill a worker process with SIGKILL after its
+claim, after its effect (before the commit) and after the commit (before it could reply); a
+retry then runs or replays, and the effect is in the database exactly once. What only one
+database (or driver) has follows them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -25,167 +29,247 @@ from sqlalchemy.orm import Session
 
 from idempo import Idempotency
 from idempo.errors import KeyReuseError
-from tests.conftest import POSTGRES_URL, cleanup, store_url
+from tests.conftest import MYSQL_URL, POSTGRES_URL, cleanup, store_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# -- SQLite ---------------------------------------------------------------------------------------
+# -- the databases --------------------------------------------------------------------------------
+
+
+class Database:
+    """One database in transactional mode: an Idempotency on it, a ``charges`` table beside
+    its records, and how a caller writes a charge and ends its transaction."""
+
+    url: str
+    options: dict[str, Any]  # the store's options (for the crash workers too)
+
+    def __init__(self, idem: Idempotency) -> None:
+        self.idem = idem
+
+    def connect(self) -> Any:
+        """A connection of the caller's, ready for ``idem.transaction``."""
+        raise NotImplementedError
+
+    def insert(self, conn: Any, key: str, amount: int) -> None:
+        """The effect: one charge row, written in ``conn``'s transaction."""
+        raise NotImplementedError
+
+    def commit(self, conn: Any) -> None:
+        conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def count(self, key: str) -> int:
+        """How many charges ``key`` made (read on a connection of its own)."""
+        raise NotImplementedError
+
+    def charge(self, key: str, amount: int = 10) -> dict[str, Any]:
+        """One charge in transactional mode, committed: what the caller saw."""
+        conn = self.connect()
+        try:
+            with self.idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
+                if not tx.replayed:
+                    self.insert(conn, key, amount)
+                    tx.result = {"order": key, "amount": amount}
+            self.commit(conn)
+            return {"replayed": tx.replayed, "result": tx.result}
+        finally:
+            conn.close()
+
+
+class SQLite(Database):
+    def __init__(self, idem: Idempotency, path: Path) -> None:
+        super().__init__(idem)
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.options = {}
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, timeout=10)
+
+    def insert(self, conn: Any, key: str, amount: int) -> None:
+        conn.execute("INSERT INTO charges VALUES (?, ?)", (key, amount))
+
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        conn.execute("ROLLBACK")
+
+    def count(self, key: str) -> int:
+        with contextlib.closing(sqlite3.connect(self.path)) as conn:
+            row = conn.execute("SELECT count(*) FROM charges WHERE order_id = ?", (key,))
+            return int(row.fetchone()[0])
+
+
+class Postgres(Database):
+    def __init__(self, idem: Idempotency, schema: str) -> None:
+        super().__init__(idem)
+        self.schema = schema
+        self.url = POSTGRES_URL
+        self.options = {"schema": schema}
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(POSTGRES_URL)
+
+    def insert(self, conn: Any, key: str, amount: int) -> None:
+        conn.execute(f'INSERT INTO "{self.schema}".charges VALUES (%s, %s)', (key, amount))
+
+    def count(self, key: str) -> int:
+        with psycopg.connect(POSTGRES_URL) as conn:
+            row = conn.execute(
+                f'SELECT count(*) FROM "{self.schema}".charges WHERE order_id = %s', (key,)
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+
+def maria_connect(**options: Any) -> Any:
+    import pymysql
+
+    from idempo.stores.mysql import connect_kwargs
+
+    return pymysql.connect(**connect_kwargs(MYSQL_URL), **options)
+
+
+class MariaDB(Database):
+    def __init__(self, idem: Idempotency, table: str) -> None:
+        super().__init__(idem)
+        self.table = table  # the store's table; the charges live in `<table>_charges`
+        self.url = MYSQL_URL
+        self.options = {"table": table}
+
+    def connect(self) -> Any:
+        return maria_connect(
+            autocommit=False,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+
+    def insert(self, conn: Any, key: str, amount: int) -> None:
+        conn.cursor().execute(f"INSERT INTO `{self.table}_charges` VALUES (%s, %s)", (key, amount))
+
+    def count(self, key: str) -> int:
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SELECT count(*) FROM `{self.table}_charges` WHERE order_id = %s", (key,))
+            return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def open_database(name: str, tmp_path: Path) -> Iterator[Database]:
+    """A database of kind ``name`` with an empty ``charges`` table, removed afterwards."""
+    if name == "sqlite":
+        path = tmp_path / "app.db"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
+        idem = Idempotency(f"sqlite:///{path}")
+        try:
+            yield SQLite(idem, path)
+        finally:
+            idem.close()
+    elif name == "postgres":
+        url, options = store_url("postgres", tmp_path)
+        schema = options["schema"]
+        idem = Idempotency(url, store_options=options)
+        try:
+            idem.store.migrate()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'CREATE TABLE "{schema}".charges (order_id text, amount int)')
+            yield Postgres(idem, schema)
+        finally:
+            idem.close()
+            cleanup("postgres", options)
+    elif name == "mariadb":
+        url, options = store_url("mysql", tmp_path)
+        effects = f"{options['table']}_charges"
+        idem = Idempotency(url, store_options=options)
+        conn = maria_connect(autocommit=True)
+        try:
+            idem.store.migrate()
+            conn.cursor().execute(f"CREATE TABLE `{effects}` (order_id VARCHAR(64), amount INT)")
+            yield MariaDB(idem, options["table"])
+        finally:
+            conn.cursor().execute(f"DROP TABLE IF EXISTS `{effects}`")
+            conn.close()
+            idem.close()
+            cleanup("mysql", options)
+    else:
+        raise ValueError(name)
+
+
+DATABASES = [
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+
+
+@pytest.fixture(params=DATABASES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """Each database in turn, with an empty ``charges`` table."""
+    with open_database(request.param, tmp_path) as database:
+        yield database
 
 
 @pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
-    idem = Idempotency(f"sqlite:///{path}")
-    yield idem, str(path)
-    idem.close()
+def pg(tmp_path: Path) -> Iterator[Postgres]:
+    """PostgreSQL only, for what only its drivers offer."""
+    with open_database("postgres", tmp_path) as database:
+        assert isinstance(database, Postgres)
+        yield database
 
 
-def sqlite_charge(idem: Idempotency, path: str, key: str, amount: int = 10) -> dict[str, Any]:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
-            if not tx.replayed:
-                conn.execute("INSERT INTO charges VALUES (?, ?)", (key, amount))
-                tx.result = {"order": key, "amount": amount}
-        conn.execute("COMMIT")
-        return {"replayed": tx.replayed, "result": tx.result}
-    finally:
-        conn.close()
+@pytest.fixture
+def maria(tmp_path: Path) -> Iterator[MariaDB]:
+    """MariaDB only, for its connection checks."""
+    with open_database("mariadb", tmp_path) as database:
+        assert isinstance(database, MariaDB)
+        yield database
 
 
-def sqlite_count(path: str, key: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(
-            conn.execute("SELECT count(*) FROM charges WHERE order_id = ?", (key,)).fetchone()[0]
-        )
+# -- every database -------------------------------------------------------------------------------
 
 
-def test_sqlite_effect_and_record_commit_together(sqlite_db: tuple[Idempotency, str]) -> None:
-    """The first transaction runs the effect; a repeat replays and writes nothing."""
-    idem, path = sqlite_db
-    first = sqlite_charge(idem, path, "o-1")
-    again = sqlite_charge(idem, path, "o-1")
+def test_effect_and_record_commit_together(db: Database) -> None:
+    """The first transaction runs the effect; a repeat replays and writes nothing; reusing the
+    key for another charge is refused."""
+    first = db.charge("o-1")
+    again = db.charge("o-1")
     assert first == {"replayed": False, "result": {"order": "o-1", "amount": 10}}
     assert again == {"replayed": True, "result": {"order": "o-1", "amount": 10}}
-    assert sqlite_count(path, "o-1") == 1
+    assert db.count("o-1") == 1
     with pytest.raises(KeyReuseError):
-        sqlite_charge(idem, path, "o-1", amount=99)
+        db.charge("o-1", amount=99)
 
 
-def test_sqlite_rollback_undoes_the_claim(sqlite_db: tuple[Idempotency, str]) -> None:
-    """A failed transaction leaves neither effect nor record: the retry runs."""
-    idem, path = sqlite_db
-    conn = sqlite3.connect(path, isolation_level=None)
+def test_rollback_undoes_the_claim(db: Database) -> None:
+    """A failed transaction, rolled back, leaves neither effect nor record: the retry runs."""
+    conn = db.connect()
 
     def fail_halfway() -> None:
-        with idem.transaction(conn, key="o-2"):
-            conn.execute("INSERT INTO charges VALUES ('o-2', 10)")
+        with db.idem.transaction(conn, key="o-2"):
+            db.insert(conn, "o-2", 10)
             raise RuntimeError("effect failed halfway")
 
     with pytest.raises(RuntimeError):
         fail_halfway()
-    conn.execute("ROLLBACK")
+    db.rollback(conn)
     conn.close()
-    assert idem.store.get("", "o-2") is None
-    assert sqlite_count(path, "o-2") == 0
-    assert sqlite_charge(idem, path, "o-2")["replayed"] is False
-    assert sqlite_count(path, "o-2") == 1
+    assert db.idem.store.get("", "o-2") is None
+    assert db.count("o-2") == 0
+    assert db.charge("o-2")["replayed"] is False
+    assert db.count("o-2") == 1
 
 
-def test_sqlite_concurrent_duplicates_run_once(sqlite_db: tuple[Idempotency, str]) -> None:
-    """16 threads, each its own connection, one key: one effect, every other call replays."""
-    idem, path = sqlite_db
-    results: list[dict[str, Any]] = []
-    barrier = threading.Barrier(16)
-
-    def worker() -> None:
-        barrier.wait()
-        results.append(sqlite_charge(idem, path, "o-3"))
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert len(results) == 16
-    assert sum(not r["replayed"] for r in results) == 1
-    assert sqlite_count(path, "o-3") == 1
-
-
-# -- PostgreSQL -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pg(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
-    url, options = store_url("postgres", tmp_path)
-    schema = options["schema"]
-    idem = Idempotency(url, store_options=options)
-    idem.store.migrate()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE TABLE "{schema}".charges (order_id text, amount int)')
-    yield idem, schema
-    idem.close()
-    cleanup("postgres", options)
-
-
-def pg_charge(idem: Idempotency, schema: str, key: str, amount: int = 10) -> dict[str, Any]:
-    with psycopg.connect(POSTGRES_URL) as conn:
-        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
-            if not tx.replayed:
-                conn.execute(f'INSERT INTO "{schema}".charges VALUES (%s, %s)', (key, amount))
-                tx.result = {"order": key, "amount": amount}
-        conn.commit()
-    return {"replayed": tx.replayed, "result": tx.result}
-
-
-def pg_count(schema: str, key: str) -> int:
-    with psycopg.connect(POSTGRES_URL) as conn:
-        row = conn.execute(
-            f'SELECT count(*) FROM "{schema}".charges WHERE order_id = %s', (key,)
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-
-def test_postgres_effect_and_record_commit_together(pg: tuple[Idempotency, str]) -> None:
-    """psycopg: one effect, a replay after it, key reuse refused."""
-    idem, schema = pg
-    assert pg_charge(idem, schema, "p-1")["replayed"] is False
-    assert pg_charge(idem, schema, "p-1") == {
-        "replayed": True,
-        "result": {"order": "p-1", "amount": 10},
-    }
-    assert pg_count(schema, "p-1") == 1
-    with pytest.raises(KeyReuseError):
-        pg_charge(idem, schema, "p-1", amount=5)
-
-
-def test_postgres_rollback_undoes_the_claim(pg: tuple[Idempotency, str]) -> None:
-    """psycopg: a rolled-back transaction leaves no record; the retry runs."""
-    idem, schema = pg
-    with psycopg.connect(POSTGRES_URL) as conn:
-
-        def fail_halfway() -> None:
-            with idem.transaction(conn, key="p-2"):
-                conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('p-2', 10)")
-                raise RuntimeError("boom")
-
-        with pytest.raises(RuntimeError):
-            fail_halfway()
-        conn.rollback()
-    assert idem.store.get("", "p-2") is None
-    assert pg_count(schema, "p-2") == 0
-    assert pg_charge(idem, schema, "p-2")["replayed"] is False
-
-
-def test_postgres_concurrent_duplicates_wait_then_replay(pg: tuple[Idempotency, str]) -> None:
-    """16 connections claim one key at once: the unique key serializes them; one effect, 15
-    replays (each waited for the winner's commit)."""
-    idem, schema = pg
+def test_concurrent_duplicates_run_once(db: Database) -> None:
+    """16 threads, each its own connection, claim one key at once: the database serializes
+    them (each duplicate waits for the winner's commit); one effect, 15 replays."""
     results: list[dict[str, Any]] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(16)
@@ -193,7 +277,7 @@ def test_postgres_concurrent_duplicates_wait_then_replay(pg: tuple[Idempotency, 
     def worker() -> None:
         barrier.wait()
         try:
-            results.append(pg_charge(idem, schema, "p-3"))
+            results.append(db.charge("o-3"))
         except BaseException as exc:
             errors.append(exc)
 
@@ -201,68 +285,26 @@ def test_postgres_concurrent_duplicates_wait_then_replay(pg: tuple[Idempotency, 
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(60)
     assert not errors, errors
+    assert len(results) == 16
     assert sum(not r["replayed"] for r in results) == 1
-    assert pg_count(schema, "p-3") == 1
-
-
-def test_sqlalchemy_session_over_postgres(pg: tuple[Idempotency, str]) -> None:
-    """A SQLAlchemy Session is accepted: the record rides in the session's transaction."""
-    idem, schema = pg
-    engine = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        for expect_replay in (False, True):
-            with Session(engine) as session:
-                with idem.transaction(session, key="sa-1", fingerprint="x") as tx:
-                    if not tx.replayed:
-                        session.execute(
-                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('sa-1', 1)")
-                        )
-                        tx.result = "charged"
-                session.commit()
-            assert tx.replayed is expect_replay
-            assert tx.result == "charged"
-    finally:
-        engine.dispose()
-    assert pg_count(schema, "sa-1") == 1
-
-
-async def test_async_psycopg_and_sqlalchemy(pg: tuple[Idempotency, str]) -> None:
-    """Async: a psycopg AsyncConnection and a SQLAlchemy AsyncSession both work."""
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-    idem, schema = pg
-    for expect_replay in (False, True):
-        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
-            async with idem.atransaction(conn, key="a-1") as tx:
-                if not tx.replayed:
-                    await conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('a-1', 1)")
-                    tx.result = 1
-            await conn.commit()
-        assert tx.replayed is expect_replay
-    engine = create_async_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        for expect_replay in (False, True):
-            async with AsyncSession(engine) as session:
-                async with idem.atransaction(session, key="a-2") as atx:
-                    if not atx.replayed:
-                        await session.execute(
-                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('a-2', 1)")
-                        )
-                        atx.result = 2
-                await session.commit()
-            assert atx.replayed is expect_replay
-    finally:
-        await engine.dispose()
-    await idem.aclose()
-    assert pg_count(schema, "a-1") == 1
-    assert pg_count(schema, "a-2") == 1
+    assert db.count("o-3") == 1
 
 
 # -- crash tests ----------------------------------------------------------------------------------
 
 CRASH_POINTS = ["after_claim", "after_effect", "after_commit"]
+
+# (database, the worker's driver): PostgreSQL is crashed through psycopg and SQLAlchemy.
+CRASH_WORKERS = [
+    pytest.param("sqlite", "sqlite", marks=pytest.mark.sqlite, id="sqlite"),
+    pytest.param("postgres", "postgres", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param(
+        "postgres", "postgres-sqlalchemy", marks=pytest.mark.postgres, id="postgres-sqlalchemy"
+    ),
+    pytest.param("mariadb", "mysql", marks=pytest.mark.mysql, id="mariadb"),
+]
 
 
 def run_worker(
@@ -300,184 +342,83 @@ def crash_then_retry(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("database", "worker"), CRASH_WORKERS)
 @pytest.mark.parametrize("crash", CRASH_POINTS)
-def test_crash_sqlite(tmp_path: Path, crash: str) -> None:
-    """SQLite: killed at each point, then retried: exactly one effect."""
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE charges (order_id TEXT, amount INTEGER)")
-    key, out = crash_then_retry("sqlite", f"sqlite:///{path}", {}, crash)
-    assert out["replayed"] is (crash == "after_commit")
-    assert sqlite_count(str(path), key) == 1
+def test_crash_then_retry(tmp_path: Path, database: str, worker: str, crash: str) -> None:
+    """Killed at each point, then retried: exactly one effect (a replay after the commit)."""
+    with open_database(database, tmp_path) as db:
+        key, out = crash_then_retry(worker, db.url, db.options, crash)
+        assert out["replayed"] is (crash == "after_commit")
+        assert db.count(key) == 1
 
 
-@pytest.mark.slow
+# -- PostgreSQL drivers ---------------------------------------------------------------------------
+
+
 @pytest.mark.postgres
-@pytest.mark.parametrize("kind", ["postgres", "postgres-sqlalchemy"])
-@pytest.mark.parametrize("crash", CRASH_POINTS)
-def test_crash_postgres(pg: tuple[Idempotency, str], crash: str, kind: str) -> None:
-    """PostgreSQL (psycopg and SQLAlchemy): killed at each point, retried: one effect."""
-    _, schema = pg
-    key, out = crash_then_retry(kind, POSTGRES_URL, {"schema": schema}, crash)
-    assert out["replayed"] is (crash == "after_commit")
-    assert pg_count(schema, key) == 1
-
-
-# -- MariaDB --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def maria(tmp_path: Path) -> Iterator[tuple[Idempotency, str]]:
-    import pymysql
-
-    from idempo.stores.mysql import _parse_url
-
-    url, options = store_url("mysql", tmp_path)
-    idem = Idempotency(url, store_options=options)
-    idem.store.migrate()
-    effects = f"{options['table']}_charges"
-    conn = pymysql.connect(**_parse_url(url), autocommit=True)
-    conn.cursor().execute(f"CREATE TABLE `{effects}` (order_id VARCHAR(64), amount INT)")
-    yield idem, options["table"]
-    conn.cursor().execute(f"DROP TABLE IF EXISTS `{effects}`")
-    conn.close()
-    idem.close()
-    cleanup("mysql", options)
-
-
-def maria_connect() -> Any:
-    import pymysql
-
-    from idempo.stores.mysql import _parse_url
-    from tests.conftest import MYSQL_URL
-
-    return pymysql.connect(
-        **_parse_url(MYSQL_URL),
-        autocommit=False,
-        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-    )
-
-
-def maria_charge(idem: Idempotency, table: str, key: str, amount: int = 10) -> dict[str, Any]:
-    conn = maria_connect()
+def test_sqlalchemy_session_over_postgres(pg: Postgres) -> None:
+    """A SQLAlchemy Session is accepted: the record rides in the session's transaction."""
+    idem, schema = pg.idem, pg.schema
+    engine = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
     try:
-        with idem.transaction(conn, key=key, fingerprint={"amount": amount}) as tx:
-            if not tx.replayed:
-                conn.cursor().execute(
-                    f"INSERT INTO `{table}_charges` VALUES (%s, %s)", (key, amount)
-                )
-                tx.result = {"order": key, "amount": amount}
-        conn.commit()
-        return {"replayed": tx.replayed, "result": tx.result}
+        for expect_replay in (False, True):
+            with Session(engine) as session:
+                with idem.transaction(session, key="sa-1", fingerprint="x") as tx:
+                    if not tx.replayed:
+                        session.execute(
+                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('sa-1', 1)")
+                        )
+                        tx.result = "charged"
+                session.commit()
+            assert tx.replayed is expect_replay
+            assert tx.result == "charged"
     finally:
-        conn.close()
+        engine.dispose()
+    assert pg.count("sa-1") == 1
 
 
-def maria_count(table: str, key: str) -> int:
-    conn = maria_connect()
+@pytest.mark.postgres
+async def test_async_psycopg_and_sqlalchemy(pg: Postgres) -> None:
+    """Async: a psycopg AsyncConnection and a SQLAlchemy AsyncSession both work."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    idem, schema = pg.idem, pg.schema
+    for expect_replay in (False, True):
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+            async with idem.atransaction(conn, key="a-1") as tx:
+                if not tx.replayed:
+                    await conn.execute(f"INSERT INTO \"{schema}\".charges VALUES ('a-1', 1)")
+                    tx.result = 1
+            await conn.commit()
+        assert tx.replayed is expect_replay
+    engine = create_async_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
     try:
-        cur = conn.cursor()
-        cur.execute(f"SELECT count(*) FROM `{table}_charges` WHERE order_id = %s", (key,))
-        return int(cur.fetchone()[0])
+        for expect_replay in (False, True):
+            async with AsyncSession(engine) as session:
+                async with idem.atransaction(session, key="a-2") as atx:
+                    if not atx.replayed:
+                        await session.execute(
+                            sa.text(f"INSERT INTO \"{schema}\".charges VALUES ('a-2', 1)")
+                        )
+                        atx.result = 2
+                await session.commit()
+            assert atx.replayed is expect_replay
     finally:
-        conn.close()
+        await engine.dispose()
+    await idem.aclose()
+    assert pg.count("a-1") == 1
+    assert pg.count("a-2") == 1
 
 
-@pytest.mark.mysql
-def test_mariadb_effect_and_record_commit_together(maria: tuple[Idempotency, str]) -> None:
-    """PyMySQL: one effect, then a replay; reuse refused; a rollback leaves nothing."""
-    idem, table = maria
-    assert maria_charge(idem, table, "m-1")["replayed"] is False
-    assert maria_charge(idem, table, "m-1")["replayed"] is True
-    assert maria_count(table, "m-1") == 1
-    with pytest.raises(KeyReuseError):
-        maria_charge(idem, table, "m-1", amount=3)
-    conn = maria_connect()
-
-    def fail_halfway() -> None:
-        with idem.transaction(conn, key="m-2"):
-            conn.cursor().execute(f"INSERT INTO `{table}_charges` VALUES ('m-2', 1)")
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        fail_halfway()
-    conn.rollback()
-    conn.close()
-    assert idem.store.get("", "m-2") is None
-    assert maria_count(table, "m-2") == 0
-
-
-@pytest.mark.mysql
-def test_mariadb_concurrent_duplicates_wait_then_replay(maria: tuple[Idempotency, str]) -> None:
-    """16 connections, one key: the unique key serializes them; one effect, 15 replays."""
-    idem, table = maria
-    results: list[dict[str, Any]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(16)
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            results.append(maria_charge(idem, table, "m-3"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert sum(not r["replayed"] for r in results) == 1
-    assert maria_count(table, "m-3") == 1
-
-
-@pytest.mark.slow
-@pytest.mark.mysql
-@pytest.mark.parametrize("crash", CRASH_POINTS)
-def test_crash_mariadb(maria: tuple[Idempotency, str], crash: str) -> None:
-    """MariaDB: killed at each point, then retried: exactly one effect."""
-    from tests.conftest import MYSQL_URL
-
-    _, table = maria
-    key, out = crash_then_retry("mysql", MYSQL_URL, {"table": table}, crash)
-    assert out["replayed"] is (crash == "after_commit")
-    assert maria_count(table, key) == 1
-
-
-@pytest.mark.mysql
-def test_mariadb_refuses_autocommit_and_repeatable_read(maria: tuple[Idempotency, str]) -> None:
-    """An autocommit connection (the record would commit apart from the effect) and REPEATABLE
-    READ (duplicates would deadlock) are refused with a clear error before anything is written."""
-    import pymysql
-
-    from idempo.errors import StoreError
-    from idempo.stores.mysql import _parse_url
-    from tests.conftest import MYSQL_URL
-
-    idem, _ = maria
-    auto = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=True)
-    with pytest.raises(StoreError, match="autocommit"), idem.transaction(auto, key="x1"):
-        pass
-    auto.close()
-    rr = pymysql.connect(**_parse_url(MYSQL_URL), autocommit=False)
-    with pytest.raises(StoreError, match="READ COMMITTED"), idem.transaction(rr, key="x2"):
-        pass
-    rr.rollback()
-    rr.close()
-    assert idem.store.get("", "x1") is None
-    assert idem.store.get("", "x2") is None
-
-
-def test_postgres_dict_rows_and_autocommit_transaction_blocks(pg: tuple[Idempotency, str]) -> None:
+@pytest.mark.postgres
+def test_postgres_dict_rows_and_autocommit_transaction_blocks(pg: Postgres) -> None:
     """A connection with row_factory=dict_row works, and so does psycopg's autocommit
     connection inside `with conn.transaction():`; a bare autocommit connection is refused."""
     from psycopg.rows import dict_row
 
     from idempo.errors import StoreError
 
-    idem, schema = pg
+    idem, schema = pg.idem, pg.schema
     with psycopg.connect(POSTGRES_URL, row_factory=dict_row) as conn:
         with idem.transaction(conn, key="d-1") as tx:
             if not tx.replayed:
@@ -490,10 +431,37 @@ def test_postgres_dict_rows_and_autocommit_transaction_blocks(pg: tuple[Idempote
             tx2.result = 2
         with pytest.raises(StoreError, match="in a transaction"), idem.transaction(conn, key="d-3"):
             pass
-    assert pg_count(schema, "d-1") == pg_count(schema, "d-2") == 1
+    assert pg.count("d-1") == pg.count("d-2") == 1
     assert idem.store.get("", "d-3") is None
 
 
+# -- MariaDB connections --------------------------------------------------------------------------
+
+
+@pytest.mark.mysql
+def test_mariadb_refuses_autocommit_and_repeatable_read(maria: MariaDB) -> None:
+    """An autocommit connection (the record would commit apart from the effect) and REPEATABLE
+    READ (duplicates would deadlock) are refused with a clear error before anything is written."""
+    from idempo.errors import StoreError
+
+    idem = maria.idem
+    auto = maria_connect(autocommit=True)
+    with pytest.raises(StoreError, match="autocommit"), idem.transaction(auto, key="x1"):
+        pass
+    auto.close()
+    rr = maria_connect(autocommit=False)
+    with pytest.raises(StoreError, match="READ COMMITTED"), idem.transaction(rr, key="x2"):
+        pass
+    rr.rollback()
+    rr.close()
+    assert idem.store.get("", "x1") is None
+    assert idem.store.get("", "x2") is None
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite
 def test_sqlite_first_use_inside_the_callers_write_transaction(tmp_path: Path) -> None:
     """A fresh database, the caller's BEGIN IMMEDIATE already open, a Row factory: the schema
     is created in the caller's transaction (no wait on its own lock) and it all commits."""
@@ -511,7 +479,7 @@ def test_sqlite_first_use_inside_the_callers_write_transaction(tmp_path: Path) -
         tx.result = "ok"
     conn.execute("COMMIT")
     assert time.monotonic() - t0 < 1.5
-    again = sqlite_charge(idem, str(path), "f-1")
+    again = SQLite(idem, path).charge("f-1")
     assert again == {"replayed": True, "result": "ok"}
     conn.close()
     idem.close()

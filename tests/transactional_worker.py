@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from idempo import Idempotency
@@ -26,12 +27,15 @@ def crash_if(point: str, here: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def charge(idem: Idempotency, conn: Any, key: str, crash: str, insert: str) -> dict[str, Any]:
+def charge(
+    idem: Idempotency, conn: Any, key: str, crash: str, insert: Callable[[], object]
+) -> dict[str, Any]:
+    """The charge of ``key`` in ``conn``'s transaction (``insert`` writes it); not committed."""
     with idem.transaction(conn, key=key, fingerprint={"amount": 10}) as tx:
         crash_if(crash, "after_claim")
         if tx.replayed:
             return {"replayed": True, "result": tx.result}
-        conn.execute(insert, (key, 10))
+        insert()
         crash_if(crash, "after_effect")
         tx.result = {"order": key, "charged": 10}
     return {"replayed": False, "result": tx.result}
@@ -41,59 +45,42 @@ def main(kind: str, url: str, options_json: str, key: str, crash: str) -> None:
     options = json.loads(options_json)
     idem = Idempotency(url, store_options=options)
     if kind == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-        out = charge(idem, conn, key, crash, "INSERT INTO charges (order_id, amount) VALUES (?, ?)")
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=10)
+        sql = "INSERT INTO charges (order_id, amount) VALUES (?, ?)"
+        out = charge(idem, conn, key, crash, lambda: conn.execute(sql, (key, 10)))
         conn.execute("COMMIT")
         conn.close()
     elif kind == "postgres":
         import psycopg
 
-        with psycopg.connect(url) as conn:
-            insert = f'INSERT INTO "{options["schema"]}".charges (order_id, amount) VALUES (%s, %s)'
-            out = charge(idem, conn, key, crash, insert)
-            conn.commit()
+        with psycopg.connect(url) as pconn:
+            sql = f'INSERT INTO "{options["schema"]}".charges (order_id, amount) VALUES (%s, %s)'
+            out = charge(idem, pconn, key, crash, lambda: pconn.execute(sql, (key, 10)))
+            pconn.commit()
     elif kind == "mysql":
         import pymysql
 
-        from idempo.stores.mysql import _parse_url
+        from idempo.stores.mysql import connect_kwargs
 
-        conn = pymysql.connect(
-            **_parse_url(url),
+        mconn = pymysql.connect(
+            **connect_kwargs(url),
             autocommit=False,
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         )
-        with idem.transaction(conn, key=key, fingerprint={"amount": 10}) as tx:
-            crash_if(crash, "after_claim")
-            if not tx.replayed:
-                conn.cursor().execute(
-                    f"INSERT INTO `{options['table']}_charges` (order_id, amount) VALUES (%s, 10)",
-                    (key,),
-                )
-                crash_if(crash, "after_effect")
-                tx.result = {"order": key, "charged": 10}
-        conn.commit()
-        conn.close()
-        out = {"replayed": tx.replayed, "result": tx.result}
+        sql = f"INSERT INTO `{options['table']}_charges` (order_id, amount) VALUES (%s, 10)"
+        out = charge(idem, mconn, key, crash, lambda: mconn.cursor().execute(sql, (key,)))
+        mconn.commit()
+        mconn.close()
     elif kind == "postgres-sqlalchemy":
         import sqlalchemy as sa
         from sqlalchemy.orm import Session
 
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        statement = sa.text(
+            f'INSERT INTO "{options["schema"]}".charges (order_id, amount) VALUES (:k, 10)'
+        )
         with Session(engine) as session:
-            with idem.transaction(session, key=key, fingerprint={"amount": 10}) as tx:
-                crash_if(crash, "after_claim")
-                if not tx.replayed:
-                    session.execute(
-                        sa.text(
-                            f'INSERT INTO "{options["schema"]}".charges (order_id, amount)'
-                            " VALUES (:k, 10)"
-                        ),
-                        {"k": key},
-                    )
-                    crash_if(crash, "after_effect")
-                    tx.result = {"order": key, "charged": 10}
-            out = {"replayed": tx.replayed, "result": tx.result}
+            out = charge(idem, session, key, crash, lambda: session.execute(statement, {"k": key}))
             session.commit()
         engine.dispose()
     else:

@@ -17,6 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 __all__ = [
+    "AsyncLock",
+    "AsyncShieldCancellation",
+    "Lock",
+    "ShieldCancellation",
     "async_gather",
     "async_periodic",
     "async_sleep",
@@ -55,6 +59,50 @@ def sync_gather(fns: list[Callable[[], T]]) -> list[T | BaseException]:
             except BaseException as exc:
                 out.append(exc)
         return out
+
+
+# -- locks and cancellation shields ----------------------------------------------------------
+
+# A lock that tasks wait for without blocking their event loop, and its thread twin. Neither is
+# reentrant. An AsyncLock binds to the event loop of its first contended use.
+AsyncLock = asyncio.Lock
+Lock = threading.Lock
+
+
+class AsyncShieldCancellation:
+    """Run work to its end even if the calling task is cancelled meanwhile; the cancellation
+    is delivered to the caller once the work is done.
+
+    ``await AsyncShieldCancellation.run(fn)``. A call, not a block: plain asyncio can only
+    shield a separate task (httpcore's block form rests on anyio's cancel scopes, which idempo
+    does not depend on). Use it for short cleanup that must not stop halfway, such as writing
+    or releasing a record after the client went away.
+    """
+
+    @staticmethod
+    async def run(fn: Callable[[], Awaitable[T]]) -> T:
+        task = asyncio.ensure_future(fn())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise  # the work itself was cancelled
+            while not task.done():
+                # Cancelled again while waiting: keep waiting, the first cancellation stands.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller's cancellation takes precedence
+            raise
+
+
+class ShieldCancellation:
+    """The thread twin of :class:`AsyncShieldCancellation`: a thread cannot be cancelled, so
+    ``ShieldCancellation.run(fn)`` is ``fn()``."""
+
+    @staticmethod
+    def run(fn: Callable[[], T]) -> T:
+        return fn()
 
 
 # -- periodic background work (lease heartbeats) ---------------------------------------------

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import click
 
 from idempo import open_store
 from idempo.errors import IdempoError
 
+if TYPE_CHECKING:
+    from idempo.stores.base import Store
+
 __all__ = ["main"]
+
+
+def _failure(exc: Exception) -> click.ClickException:
+    # One line: driver messages (psycopg's, for one) span several, and an operator wants the
+    # reason, not a traceback.
+    return click.ClickException(" ".join(str(exc).split()))
+
+
+@contextlib.contextmanager
+def _store(url: str) -> Iterator[Store]:
+    """The store at ``url``, closed afterwards; an idempo error (or a URL no store takes)
+    becomes a clean command-line error."""
+    try:
+        store = open_store(url)
+    except (IdempoError, ValueError, ImportError) as exc:  # a bad URL or a missing extra
+        raise _failure(exc) from exc
+    try:
+        try:
+            yield store
+        finally:
+            store.close()
+    except IdempoError as exc:
+        raise _failure(exc) from exc
 
 
 @click.group()
@@ -56,11 +86,8 @@ def demo(orders: int, loss: float, seed: int, no_color: bool) -> None:
 @click.option("--store", "url", required=True, help="Store URL.")
 def migrate(url: str) -> None:
     """Create or upgrade the store's schema (run once before production traffic)."""
-    store = open_store(url)
-    try:
+    with _store(url) as store:
         store.migrate()
-    finally:
-        store.close()
     click.echo("migrated")
 
 
@@ -75,11 +102,8 @@ def keys() -> None:
 @click.argument("key")
 def keys_show(url: str, scope: str, key: str) -> None:
     """Show the record of KEY."""
-    store = open_store(url)
-    try:
+    with _store(url) as store:
         record = store.get(scope, key)
-    finally:
-        store.close()
     if record is None:
         raise click.ClickException(f"no record for key {key!r} in scope {scope!r}")
     click.echo(f"scope:        {record.scope}")
@@ -100,11 +124,8 @@ def keys_show(url: str, scope: str, key: str) -> None:
 @click.argument("key")
 def keys_delete(url: str, scope: str, key: str) -> None:
     """Delete the record of KEY (the next call with it runs again)."""
-    store = open_store(url)
-    try:
+    with _store(url) as store:
         deleted = store.delete(scope, key)
-    finally:
-        store.close()
     if not deleted:
         raise click.ClickException(f"no record for key {key!r} in scope {scope!r}")
     click.echo("deleted")
@@ -115,18 +136,13 @@ def keys_delete(url: str, scope: str, key: str) -> None:
 @click.option("--batch", default=1000, show_default=True, help="Records deleted per batch.")
 def purge(url: str, batch: int) -> None:
     """Delete expired records, in batches, until none are left."""
-    store = open_store(url)
     total = 0
-    try:
+    with _store(url) as store:
         while True:
             n = store.purge_expired(limit=batch)
             total += n
             if n < batch:
                 break
-    except IdempoError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        store.close()
     click.echo(f"purged {total} expired records")
 
 

@@ -25,16 +25,15 @@ from idempo._async.transaction import AsyncTransaction
 from idempo._sync.engine import Engine
 from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
-from idempo.consumers._consumer import Consumer
+from idempo.consumers import Consumer
 from idempo.core.fingerprint import fingerprint as fingerprint_of
 from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
-from idempo.stores import open_async_store, open_store
-from idempo.stores._bind import bind_async, bind_sync
+from idempo.stores import open_pair
 from idempo.stores.base import AsyncStore, Store
-from idempo.stores.memory import AsyncMemoryStore, MemoryStore
+from idempo.stores.binding import bind_async, bind_sync
 
 __all__ = ["DEFAULT_STORE", "Idempotency"]
 
@@ -108,9 +107,8 @@ class Idempotency:
                     "this Idempotency was given an async store; it cannot serve a plain def "
                     "(pass a URL, or a sync store from open_store())"
                 )
-            with self._lock:
-                if self._sync_store is None:
-                    self._sync_store = open_store(self._url, **self._store_options)
+            self._open_pair()
+        assert self._sync_store is not None
         return self._sync_store
 
     @property
@@ -122,29 +120,42 @@ class Idempotency:
                     "this Idempotency was given a sync store; it cannot serve an async def "
                     "(pass a URL, or an async store from open_async_store())"
                 )
-            with self._lock:
-                if self._async_store is None:
-                    if urlsplit(self._url).scheme == "memory":
-                        # One in-process dict must serve both kinds of function.
-                        sync = self.store
-                        assert isinstance(sync, MemoryStore)
-                        self._async_store = AsyncMemoryStore(sync)
-                    else:
-                        self._async_store = open_async_store(self._url, **self._store_options)
+            self._open_pair()
+        assert self._async_store is not None
         return self._async_store
 
+    def _open_pair(self) -> None:
+        # Both kinds at once (neither connects before its first use): for memory:// and
+        # SQLite one store serves def and async def alike (stores.open_pair).
+        assert self._url is not None
+        with self._lock:
+            if self._sync_store is None:
+                self._sync_store, self._async_store = open_pair(self._url, **self._store_options)
+
     def close(self) -> None:
-        """Close the sync store this object opened (an async one: use :meth:`aclose`)."""
-        if self._url is not None and self._sync_store is not None:
-            self._sync_store.close()
-            self._sync_store = None
+        """Close the sync store this object opened (and the async one, where the two are one
+        store; otherwise use :meth:`aclose`). A later call opens them again."""
+        if self._url is None or self._sync_store is None:
+            return
+        shared = self._shares_one_store()
+        self._sync_store.close()
+        self._sync_store = None
+        if shared:
+            self._async_store = None
 
     async def aclose(self) -> None:
         """Close every store this object opened."""
         if self._url is not None and self._async_store is not None:
+            shared = self._shares_one_store()
             await self._async_store.close()
             self._async_store = None
+            if shared:
+                self._sync_store = None
         self.close()
+
+    def _shares_one_store(self) -> bool:
+        """The async store runs the sync one in threads (memory, SQLite, MariaDB)."""
+        return getattr(self._async_store, "sync_store", None) is self._sync_store
 
     # -- transactional mode ------------------------------------------------------------------
 
@@ -282,6 +293,7 @@ class Idempotency:
         lease: float | None = None,
         wait: float | None = None,
         heartbeat: bool | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
     def idempotent(
@@ -297,6 +309,7 @@ class Idempotency:
         lease: float | None = None,
         wait: float | None = None,
         heartbeat: bool | None = None,
+        serializer: Serializer | None = None,
     ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
         """Make ``fn`` idempotent: the first call with a key runs it and keeps its result; a
         repeat returns that result without running it.
@@ -308,17 +321,30 @@ class Idempotency:
         all arguments); reusing a key with another fingerprint raises KeyReuseError.
         ``name``: the operation's name in the store (default ``module.qualname``); two functions
         never share records, and renaming a function would orphan its records unless ``name``
-        pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``: override the defaults.
+        pins it. ``ttl``, ``lease``, ``wait``, ``heartbeat``, ``serializer``: override the
+        defaults (``serializer=TypedSerializer()`` keeps the return annotation's type).
         """
         overrides: dict[str, Any] = {
             k: v
-            for k, v in {"ttl": ttl, "lease": lease, "wait": wait, "heartbeat": heartbeat}.items()
+            for k, v in {
+                "ttl": ttl,
+                "lease": lease,
+                "wait": wait,
+                "heartbeat": heartbeat,
+                "serializer": serializer,
+            }.items()
             if v is not None
         }
-        policy = dataclasses.replace(self.policy, **overrides) if overrides else self.policy
+        shared = dataclasses.replace(self.policy, **overrides) if overrides else self.policy
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             op = Operation(func, key=key, scope=scope, fingerprint=fingerprint, name=name)
+            policy = shared
+            # A serializer bound to the function (TypedSerializer()) reads its return type
+            # here, once, not per call.
+            bind = getattr(policy.serializer, "for_function", None)
+            if bind is not None:
+                policy = dataclasses.replace(policy, serializer=bind(func))
             if inspect.iscoroutinefunction(func):
                 self._check_can_serve(func, want_async=True)
 

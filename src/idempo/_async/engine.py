@@ -1,4 +1,4 @@
-"""The engine: claim -> execute -> record -> replay, over an async store.
+"""The engine: claim -> execute -> record -> replay, over a store (:class:`AsyncStore`).
 
 Every driver (the decorator, transactional mode, atomic phases, the consumers and the HTTP
 front) runs one lifecycle::
@@ -11,8 +11,8 @@ front) runs one lifecycle::
 
 All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
 only performs the I/O they call for. The lease handle :class:`AsyncHeld` is the one place that
-renews, completes, releases and hands over a claim, so no driver writes its own finish. The
-sync twin in ``_sync/engine.py`` is generated.
+renews, completes, releases and hands over a claim, so no driver writes its own finish.
+``_sync/engine.py`` is generated from ``_async/engine.py``.
 
 Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
 """

@@ -11,7 +11,7 @@ Improved on the original: every recovery point is fenced (only the current lease
 write one, by the store's clock), so a stalled worker that wakes up after a takeover cannot
 record progress over its successor's.
 
-The sync twin (``_sync/phases.py``) is generated.
+``_sync/phases.py`` is generated from ``_async/phases.py``.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class AsyncPhasedOperation:
 
     async def _run_local(self, phase: AsyncPhase, ctx: AsyncPhaseContext, held: AsyncHeld) -> None:
         """The phase's writes and its recovery point in one transaction of ``conn``: binding
-        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores.binding)."""
         assert self._bind is not None
         bound = await self._bind(self.conn)
         try:

@@ -12,7 +12,7 @@ record commit together or not at all: exactly-once effects inside that database,
 crashes. idempo adds no commit of its own. A concurrent duplicate's claim waits on the record's
 unique key until this transaction ends, then replays its result (or, after a rollback, runs).
 
-The sync twin (``_sync/transaction.py``) is generated.
+``_sync/transaction.py`` is generated from ``_async/transaction.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # DO NOT EDIT: generated from src/idempo/_async/engine.py by scripts/unasync.py
-"""The engine: claim -> execute -> record -> replay, over an sync store.
+"""The engine: claim -> execute -> record -> replay, over a store (:class:`Store`).
 
 Every driver (the decorator, transactional mode, atomic phases, the consumers and the HTTP
 front) runs one lifecycle::
@@ -12,8 +12,8 @@ front) runs one lifecycle::
 
 All decisions come from :mod:`idempo.core.decide` and :mod:`idempo.core.outcome`; this module
 only performs the I/O they call for. The lease handle :class:`Held` is the one place that
-renews, completes, releases and hands over a claim, so no driver writes its own finish. The
-sync twin in ``_sync/engine.py`` is generated.
+renews, completes, releases and hands over a claim, so no driver writes its own finish.
+``_sync/engine.py`` is generated from ``_async/engine.py``.
 
 Round trips: a new key costs two (claim, complete); a replay or a refused duplicate one (claim).
 """

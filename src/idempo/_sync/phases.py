@@ -12,7 +12,7 @@ Improved on the original: every recovery point is fenced (only the current lease
 write one, by the store's clock), so a stalled worker that wakes up after a takeover cannot
 record progress over its successor's.
 
-The sync twin (``_sync/phases.py``) is generated.
+``_sync/phases.py`` is generated from ``_async/phases.py``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class PhasedOperation:
 
     def _run_local(self, phase: Phase, ctx: PhaseContext, held: Held) -> None:
         """The phase's writes and its recovery point in one transaction of ``conn``: binding
-        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores._bind)."""
+        opens it the way its database needs (SQLite: ``BEGIN IMMEDIATE``, see stores.binding)."""
         assert self._bind is not None
         bound = self._bind(self.conn)
         try:

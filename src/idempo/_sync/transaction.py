@@ -2,7 +2,7 @@
 """Transactional mode: the idempotency record is written in the caller's own transaction.
 
     with conn.transaction():                                  # the caller's transaction
-        with idem.atransaction(conn, key=order_id, fingerprint=payload) as tx:
+        with idem.transaction(conn, key=order_id, fingerprint=payload) as tx:
             if tx.replayed:
                 return tx.result                                    # done before: nothing runs
             conn.execute("INSERT INTO charges ...")           # the effect
@@ -13,7 +13,7 @@ record commit together or not at all: exactly-once effects inside that database,
 crashes. idempo adds no commit of its own. A concurrent duplicate's claim waits on the record's
 unique key until this transaction ends, then replays its result (or, after a rollback, runs).
 
-The sync twin (``_sync/transaction.py``) is generated.
+``_sync/transaction.py`` is generated from ``_async/transaction.py``.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ from idempo.errors import (
     LeaseLostError,
 )
 from idempo.stores import open_async_store
-from idempo.stores._bind import bind_async
 from idempo.stores.base import AsyncStore
+from idempo.stores.binding import bind_async
 
 __all__ = [
     "Claim",

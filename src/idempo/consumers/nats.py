@@ -31,7 +31,6 @@ expire for a live worker. Delivery counts come from JetStream (``num_delivered``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
@@ -47,8 +46,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         f"idempo.consumers.nats needs nats-py ({exc.name} is missing): pip install 'idempo[nats]'"
     ) from exc
 
-from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
-from idempo.consumers._loop import Tasks, finish_loop, raise_if_cancelled
+from idempo.consumers._consumer import ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import BrokerConsumer, header_message_id, pick_message_id
 from idempo.stores.base import AsyncStore
 
 __all__ = ["JetStreamConsumer", "JetStreamDelivery", "nats_message_id"]
@@ -65,15 +64,6 @@ def nats_message_id(msg: Msg) -> str | None:
         return value
     meta = msg.metadata
     return f"{meta.stream}:{meta.sequence.stream}"
-
-
-def header_message_id(header: str) -> Callable[[Msg], str | None]:
-    """A message id read from the header ``header`` (no fallback: None when absent)."""
-
-    def message_id(msg: Msg) -> str | None:
-        return (msg.headers or {}).get(header)
-
-    return message_id
 
 
 class JetStreamDelivery(Delivery[Msg]):
@@ -121,15 +111,30 @@ class JetStreamDelivery(Delivery[Msg]):
         await self.message.in_progress()
 
 
-class JetStreamConsumer(Consumer[Msg]):
+class JetStreamConsumer(BrokerConsumer[Msg]):
     """A durable JetStream pull consumer on ``subject``; see the module's documentation.
 
-    ``durable``: the JetStream consumer's name (created if missing, with ``config`` or the
-    defaults: explicit acks, deliver all); it is also the default ``name`` (the scope of the
-    records). ``stream``: found from the subject when omitted. ``concurrency``: messages handled
-    at once (and the most fetched in one pull). ``fetch_timeout``: seconds one pull waits for
-    messages (also how long :meth:`stop` may wait for the pull in flight). The other options are
-    :class:`~idempo.consumers.Consumer`'s.
+    :meth:`stop` unsubscribes but leaves the durable consumer on the server; in-flight messages
+    cancelled after ``grace`` are redelivered after ``ack_wait``.
+
+    Args:
+        js: the JetStream context (``nc.jetstream()``).
+        subject: the subject to consume.
+        handler: ``async def handler(msg)``; see :class:`~idempo.consumers.Consumer`.
+        durable: the JetStream consumer's name, created if missing (with ``config``, or explicit
+            acks and deliver all); also the default ``name``.
+        store: an async store, or a URL.
+        stream: the stream (found from the subject when omitted).
+        config: the ``ConsumerConfig`` to create the durable consumer with.
+        name: the scope of the records (default: ``durable``).
+        message_id: ``callable(msg) -> str | None`` (default: :func:`nats_message_id`).
+        id_header: read the message id from this header instead (no fallback).
+        concurrency: messages handled at once (and the most fetched in one pull).
+        fetch_timeout: seconds one pull waits for messages (also how long :meth:`stop` may
+            wait for the pull in flight).
+        ack_timeout: seconds ``ack_sync`` waits for the server's confirmation.
+        dead_letter_subject: publish a dead-lettered message there before ``term``.
+        **options: the other :class:`~idempo.consumers.ConsumerOptions`.
     """
 
     def __init__(
@@ -151,12 +156,15 @@ class JetStreamConsumer(Consumer[Msg]):
         dead_letter_subject: str | None = None,
         **options: Unpack[ConsumerOptions],
     ) -> None:
-        if message_id is not None and id_header is not None:
-            raise TypeError("pass message_id= or id_header=, not both")
-        if message_id is None:
-            message_id = nats_message_id if id_header is None else header_message_id(id_header)
         super().__init__(
-            handler, store=store, name=name or durable, message_id=message_id, **options
+            handler,
+            store=store,
+            name=name or durable,
+            message_id=pick_message_id(
+                message_id, id_header, default=nats_message_id, read=header_message_id
+            ),
+            concurrency=concurrency,
+            **options,
         )
         self.js = js
         self.subject = subject
@@ -166,18 +174,25 @@ class JetStreamConsumer(Consumer[Msg]):
         self.fetch_timeout = fetch_timeout
         self.ack_timeout = ack_timeout
         self.dead_letter_subject = dead_letter_subject
-        self._tasks = Tasks(concurrency)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._ack_wait: float | None = None
-        self._loop: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        """Bind (creating the durable consumer if needed) and start fetching in the background."""
-        if self._loop is not None:
-            raise RuntimeError("this consumer is already started")
-        self._stopping.clear()
-        self._tasks.closing = False
+    def wrap(self, message: Msg) -> Delivery[Msg]:
+        """The :class:`Delivery` for ``message`` (override to customize settling)."""
+        return JetStreamDelivery(
+            message,
+            js=self.js,
+            dead_letter_subject=self.dead_letter_subject,
+            ack_timeout=self.ack_timeout,
+            ack_wait=self._ack_wait,
+        )
+
+    @property
+    def _read_timeout(self) -> float:
+        return self.fetch_timeout
+
+    async def _open(self) -> None:
+        """Bind, creating the durable consumer if needed."""
         self._sub = await self.js.pull_subscribe(
             self.subject,
             durable=self.durable,
@@ -191,55 +206,23 @@ class JetStreamConsumer(Consumer[Msg]):
         except Exception:  # only a keepalive hint: JetStream's default is 30 s
             log.debug("idempo: %s: cannot read the consumer's ack_wait", self.name, exc_info=True)
             self._ack_wait = 30.0
-        self._loop = asyncio.create_task(self._run(self._sub))
 
-    async def stop(self, grace: float | None = 30.0) -> None:
-        """Stop fetching, let in-flight messages finish (cancelled after ``grace`` seconds: they are
-        then redelivered after ``ack_wait``), unsubscribe (the durable consumer stays), and
-        close the store if this consumer opened it."""
-        self._stopping.set()
-        self._tasks.close()
-        loop, self._loop = self._loop, None
-        await finish_loop(loop, self.fetch_timeout + 5)
-        await self._tasks.drain(grace)
+    async def _close(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await self.aclose()
 
-    async def __aenter__(self) -> JetStreamConsumer:
-        await self.start()
-        return self
+    async def _run(self) -> None:
+        sub = self._sub
+        assert sub is not None
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def wrap(self, message: Msg) -> Delivery[Msg]:
-        """The :class:`Delivery` for ``message`` (override to customize settling)."""
-        return JetStreamDelivery(
-            message,
-            js=self.js,
-            dead_letter_subject=self.dead_letter_subject,
-            ack_timeout=self.ack_timeout,
-            ack_wait=self._ack_wait,
-        )
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            await self._tasks.wait_free()
-            if self._stopping.is_set():
-                return
-            raise_if_cancelled()
+        async def fetch() -> None:
             try:
                 msgs = await sub.fetch(self._tasks.free, timeout=self.fetch_timeout)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.warning("idempo: %s: fetch failed; retrying", self.name, exc_info=True)
-                await asyncio.sleep(min(1.0, self.fetch_timeout))
-                continue
+            except TimeoutError:  # nothing to fetch within fetch_timeout
+                return
             for msg in msgs:
                 self._tasks.spawn(self.process(self.wrap(msg)))
+
+        await self._poll(fetch, what="fetch", pause=min(1.0, self.fetch_timeout))

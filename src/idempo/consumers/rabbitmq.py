@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Unpack
@@ -50,13 +49,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'idempo[rabbitmq]'"
     ) from exc
 
-from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
-from idempo.consumers._loop import Tasks
+from idempo.consumers._consumer import ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import BrokerConsumer, header_message_id, pick_message_id
 from idempo.stores.base import AsyncStore
 
 __all__ = ["RabbitMQConsumer", "RabbitMQDelivery", "amqp_message_id"]
-
-log = logging.getLogger("idempo.consumer")
 
 # How many message ids the per-process delivery counter (classic queues) remembers.
 _COUNTER_SIZE = 100_000
@@ -67,22 +64,15 @@ def amqp_message_id(message: AbstractIncomingMessage) -> str | None:
     return message.message_id
 
 
-def header_message_id(header: str) -> Callable[[AbstractIncomingMessage], str | None]:
-    """A message id read from the header ``header``."""
-
-    def message_id(message: AbstractIncomingMessage) -> str | None:
-        value = (message.headers or {}).get(header)
-        if value is None:
-            return None
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        return str(value)
-
-    return message_id
-
-
 class RabbitMQDelivery(Delivery[AbstractIncomingMessage]):
-    """One AMQP delivery: ack, nack with requeue after a delay, reject without requeue."""
+    """One AMQP delivery: ack, nack with requeue after a delay, reject without requeue.
+
+    Args:
+        message: the aio-pika message.
+        attempt: its delivery count, if known.
+        on_settled: called once it is acked or rejected (the classic-queue counter forgets it).
+        stopping: set when the consumer stops: a delayed requeue then happens at once.
+    """
 
     def __init__(
         self,
@@ -121,13 +111,21 @@ class RabbitMQDelivery(Delivery[AbstractIncomingMessage]):
             self._on_settled()
 
 
-class RabbitMQConsumer(Consumer[AbstractIncomingMessage]):
-    """Consume ``queue`` (an aio-pika queue) with manual acks; see the module's documentation.
+class RabbitMQConsumer(BrokerConsumer[AbstractIncomingMessage]):
+    """Consume ``queue`` with manual acks; see the module's documentation.
 
-    ``name`` defaults to the queue's name. ``message_id`` defaults to the AMQP ``message_id``
-    property; ``id_header="X-Message-Id"`` reads a header instead. The channel's prefetch count
-    (``channel.set_qos``) bounds the number of messages handled at once. The other options are
-    :class:`~idempo.consumers.Consumer`'s.
+    The channel's prefetch count (``channel.set_qos``) bounds the number of messages handled at
+    once. :meth:`stop` cancels the subscription and hands messages waiting for a delayed
+    requeue back at once; in-flight messages cancelled after ``grace`` are redelivered.
+
+    Args:
+        queue: an aio-pika queue.
+        handler: ``async def handler(message)``; see :class:`~idempo.consumers.Consumer`.
+        store: an async store, or a URL.
+        name: the scope of the records (default: the queue's name).
+        message_id: ``callable(message) -> str | None`` (default: the AMQP ``message_id``).
+        id_header: read the message id from this header instead.
+        **options: the other :class:`~idempo.consumers.ConsumerOptions`.
     """
 
     def __init__(
@@ -141,43 +139,19 @@ class RabbitMQConsumer(Consumer[AbstractIncomingMessage]):
         id_header: str | None = None,
         **options: Unpack[ConsumerOptions],
     ) -> None:
-        if message_id is not None and id_header is not None:
-            raise TypeError("pass message_id= or id_header=, not both")
-        if message_id is None:
-            message_id = amqp_message_id if id_header is None else header_message_id(id_header)
         super().__init__(
-            handler, store=store, name=name or queue.name, message_id=message_id, **options
+            handler,
+            store=store,
+            name=name or queue.name,
+            message_id=pick_message_id(
+                message_id, id_header, default=amqp_message_id, read=header_message_id
+            ),
+            concurrency=None,  # the prefetch count bounds it
+            **options,
         )
         self.queue = queue
         self._tag: ConsumerTag | None = None
-        self._tasks = Tasks(limit=1 << 30)  # the prefetch count bounds concurrency
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self._stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        """Start consuming (returns at once; messages are handled in the background)."""
-        if self._tag is not None:
-            raise RuntimeError("this consumer is already started")
-        self._stopping.clear()
-        self._tag = await self.queue.consume(self._on_message, no_ack=False)
-
-    async def stop(self, grace: float | None = 30.0) -> None:
-        """Stop consuming, let in-flight messages finish (cancelled after ``grace`` seconds: they
-        are then redelivered), and close the store if this consumer opened it."""
-        self._stopping.set()  # messages waiting for a delayed requeue go back now
-        tag, self._tag = self._tag, None
-        if tag is not None:
-            with contextlib.suppress(Exception):
-                await self.queue.cancel(tag)
-        await self._tasks.drain(grace)
-        await self.aclose()
-
-    async def __aenter__(self) -> RabbitMQConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     def wrap(self, message: AbstractIncomingMessage) -> Delivery[AbstractIncomingMessage]:
         """The :class:`Delivery` for ``message`` (override to customize settling)."""
@@ -188,6 +162,20 @@ class RabbitMQConsumer(Consumer[AbstractIncomingMessage]):
             on_settled=None if key is None else lambda: self._forget(key),
             stopping=self._stopping,
         )
+
+    async def _open(self) -> None:
+        self._tag = await self.queue.consume(self._on_message, no_ack=False)
+
+    async def _run(self) -> None:
+        # aio-pika reads the queue and calls _on_message: this task only holds the
+        # subscription, which stop() ends before draining, so nothing new arrives.
+        try:
+            await self._stopping.wait()
+        finally:
+            tag, self._tag = self._tag, None
+            if tag is not None:
+                with contextlib.suppress(Exception):
+                    await self.queue.cancel(tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

@@ -35,7 +35,6 @@ keeps it; make ``min_idle`` longer than ``lease``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -55,8 +54,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'idempo[redis]'"
     ) from exc
 
-from idempo.consumers._consumer import Consumer, ConsumerOptions, Delivery, Handler
-from idempo.consumers._loop import Tasks, finish_loop, raise_if_cancelled
+from idempo.consumers._consumer import ConsumerOptions, Delivery, Handler
+from idempo.consumers._loop import BrokerConsumer, pick_message_id
 from idempo.stores.base import AsyncStore
 
 __all__ = ["RedisStreamConsumer", "RedisStreamDelivery", "StreamEntry"]
@@ -147,17 +146,34 @@ class RedisStreamDelivery(Delivery[StreamEntry]):
         await o.redis.xclaim(o.stream, o.group, o.consumer, 0, [self.message.id], justid=True)
 
 
-class RedisStreamConsumer(Consumer[StreamEntry]):
+class RedisStreamConsumer(BrokerConsumer[StreamEntry]):
     """A member ``consumer`` of consumer group ``group`` on ``stream``; see the module's
     documentation.
 
-    ``name`` (the scope of the records) defaults to ``<stream>/<group>``. ``create_group``:
-    create the group (and the stream) at start if missing, reading from ``group_start`` (``0``:
-    every entry already in the stream; ``$``: only new ones). ``concurrency``: entries handled at
-    once. ``block``: seconds one read waits for entries (also how long :meth:`stop` may wait for
-    it). ``min_idle``: seconds an entry must sit unacknowledged before it is reclaimed from its
-    member; ``reclaim_interval``: seconds between reclaim passes (default ``min_idle / 2``).
-    The other options are :class:`~idempo.consumers.Consumer`'s.
+    :meth:`stop` does not delete the group member (its pending entries would be lost with it);
+    in-flight entries cancelled after ``grace`` stay pending and are reclaimed.
+
+    Args:
+        redis: a redis-py asyncio client.
+        stream: the stream's key.
+        group: the consumer group.
+        handler: ``async def handler(entry)``; see :class:`~idempo.consumers.Consumer`.
+        store: an async store, or a URL.
+        consumer: this member's name (default: host, pid and a random suffix); a
+            stable one picks up its own pending entries at once after a restart.
+        name: the scope of the records (default: ``<stream>/<group>``).
+        message_id: ``callable(entry) -> str | None`` (default: the entry id).
+        id_field: read the message id from this field instead.
+        concurrency: entries handled at once.
+        block: seconds one read waits for entries (also how long :meth:`stop` may wait for it).
+        min_idle: seconds an entry sits unacknowledged before it is reclaimed from its member;
+            make it longer than ``lease``.
+        reclaim_interval: seconds between reclaim passes (default: ``min_idle / 2``).
+        dead_letter_stream: where dead letters go (default: ``<stream>:dead``; None: only ack).
+        create_group: create the group (and the stream) at start if missing.
+        group_start: where a created group starts reading: ``0`` every entry already in the
+            stream, ``$`` only new ones.
+        **options: the other :class:`~idempo.consumers.ConsumerOptions`.
     """
 
     def __init__(
@@ -181,15 +197,14 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
         group_start: str = "0",
         **options: Unpack[ConsumerOptions],
     ) -> None:
-        if message_id is not None and id_field is not None:
-            raise TypeError("pass message_id= or id_field=, not both")
-        if message_id is None:
-            message_id = entry_id if id_field is None else field_message_id(id_field)
         super().__init__(
             handler,
             store=store,
             name=name or f"{stream}/{group}",
-            message_id=message_id,
+            message_id=pick_message_id(
+                message_id, id_field, default=entry_id, read=field_message_id, option="id_field"
+            ),
+            concurrency=concurrency,
             **options,
         )
         if not min_idle > 0:
@@ -214,17 +229,17 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
         )
         self.create_group = create_group
         self.group_start = group_start
-        self._tasks = Tasks(concurrency)
         self._inflight: set[str] = set()
-        self._loop: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        """Create the group if asked, and start reading in the background."""
-        if self._loop is not None:
-            raise RuntimeError("this consumer is already started")
-        self._stopping.clear()
-        self._tasks.closing = False
+    def wrap(self, entry: StreamEntry, attempt: int | None) -> Delivery[StreamEntry]:
+        """The :class:`Delivery` for ``entry`` (override to customize settling)."""
+        return RedisStreamDelivery(entry, attempt=attempt, owner=self)
+
+    @property
+    def _read_timeout(self) -> float:
+        return self.block
+
+    async def _open(self) -> None:
         if self.create_group:
             try:
                 await self.redis.xgroup_create(
@@ -233,29 +248,6 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        self._loop = asyncio.create_task(self._run())
-
-    async def stop(self, grace: float | None = 30.0) -> None:
-        """Stop reading, let in-flight entries finish (cancelled after ``grace`` seconds: they stay
-        pending and are reclaimed), and close the store if this consumer opened it. The
-        group member is not deleted (its pending entries would be lost with it)."""
-        self._stopping.set()
-        self._tasks.close()
-        loop, self._loop = self._loop, None
-        await finish_loop(loop, self.block + 5)
-        await self._tasks.drain(grace)
-        await self.aclose()
-
-    async def __aenter__(self) -> RedisStreamConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def wrap(self, entry: StreamEntry, attempt: int | None) -> Delivery[StreamEntry]:
-        """The :class:`Delivery` for ``entry`` (override to customize settling)."""
-        return RedisStreamDelivery(entry, attempt=attempt, owner=self)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -264,31 +256,22 @@ class RedisStreamConsumer(Consumer[StreamEntry]):
         # First, what this member name had been delivered before a restart (its own pending
         # entries: a read from an id instead of ">"), page by page.
         own_cursor: str | None = "0"
-        while not self._stopping.is_set():
-            await self._tasks.wait_free()
-            if self._stopping.is_set():
+
+        async def read() -> None:
+            nonlocal next_reclaim, own_cursor
+            if own_cursor is not None:
+                batch = await self._read(own_cursor)
+                own_cursor = batch[-1].id if batch else None
+                await self._spawn([e for e in batch if e.id not in self._inflight])
                 return
-            raise_if_cancelled()
-            try:
-                if own_cursor is not None:
-                    batch = await self._read(own_cursor)
-                    own_cursor = batch[-1].id if batch else None
-                    await self._spawn([e for e in batch if e.id not in self._inflight])
-                    continue
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.reclaim_interval
-                    await self._reclaim()
-                    await self._tasks.wait_free()
-                batch = await self._read(">", block=self.block)
-                for entry in batch:
-                    self._start(entry, 1)
-            except Exception:
-                if self._stopping.is_set():
-                    return
-                log.warning(
-                    "idempo: %s: reading the stream failed; retrying", self.name, exc_info=True
-                )
-                await asyncio.sleep(min(1.0, self.block))
+            if time.monotonic() >= next_reclaim:
+                next_reclaim = time.monotonic() + self.reclaim_interval
+                await self._reclaim()
+                await self._tasks.wait_free()
+            for entry in await self._read(">", block=self.block):
+                self._start(entry, 1)
+
+        await self._poll(read, what="reading the stream", pause=min(1.0, self.block))
 
     async def _read(self, start: str, block: float | None = None) -> list[StreamEntry]:
         if not self._tasks.free:

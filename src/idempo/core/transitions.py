@@ -8,12 +8,35 @@ that every store agrees with it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import replace
 
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import LeaseLostError
 
-__all__ = ["claim", "complete", "extend", "live", "public", "require_holder"]
+__all__ = ["LostReason", "claim", "complete", "extend", "live", "public", "require_holder"]
+
+
+class LostReason(enum.StrEnum):
+    """Why a token no longer holds its claim: the one set of reasons every store reports.
+
+    The values are the codes the server-side code answers with (the MariaDB procedure, the
+    PostgreSQL statement, the Redis scripts), so a store maps its reply with ``LostReason(code)``.
+    """
+
+    GONE = "gone"  # no live record: released, deleted or expired
+    COMPLETED = "completed"  # the record is completed: nothing is held any more
+    TAKEN_OVER = "taken_over"  # another execution took the expired lease over
+
+    def error(self) -> LeaseLostError:
+        return LeaseLostError(_LOST_MESSAGES[self])
+
+
+_LOST_MESSAGES = {
+    LostReason.GONE: "the idempotency record is gone (released, deleted or expired)",
+    LostReason.COMPLETED: "the idempotency record is already completed",
+    LostReason.TAKEN_OVER: "the lease was taken over by another execution",
+}
 
 
 def live(record: Record | None, now: float) -> Record | None:
@@ -81,11 +104,11 @@ def require_holder(current: Record | None, token: str, now: float) -> Record:
     """The live in_progress record whose current token is ``token``, or LeaseLostError."""
     current = live(current, now)
     if current is None:
-        raise LeaseLostError("the idempotency record is gone (released, deleted or expired)")
+        raise LostReason.GONE.error()
     if current.state is not State.IN_PROGRESS:
-        raise LeaseLostError("the idempotency record is already completed")
+        raise LostReason.COMPLETED.error()
     if current.token != token:
-        raise LeaseLostError("the lease was taken over by another execution")
+        raise LostReason.TAKEN_OVER.error()
     return current
 
 

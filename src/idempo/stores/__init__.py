@@ -11,8 +11,9 @@ URL                                        store
 =========================================  =============================================
 
 A plain map from scheme to module: each module offers ``open_sync(url, **options)`` and
-``open_async(url, **options)``. Integrations are imported only when their scheme is used, so a
-missing extra gives a clear error naming it.
+``open_async(url, **options)``, and may offer ``open_pair(url, **options)`` when its two kinds
+should share one store (see :func:`open_pair`). Integrations are imported only when their scheme
+is used, so a missing extra gives a clear error naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from idempo.stores.base import AsyncStore, Store
 
-__all__ = ["AsyncStore", "Store", "open_async_store", "open_store"]
+__all__ = ["AsyncStore", "Store", "open_async_store", "open_pair", "open_store"]
 
 # scheme -> (module, the extra that installs its driver)
 _SCHEMES: dict[str, tuple[str, str | None]] = {
@@ -65,3 +66,25 @@ def open_async_store(url: str, **options: Any) -> AsyncStore:
     """Open an asynchronous store by URL. ``options`` go to the store's constructor."""
     store: AsyncStore = _module(url).open_async(url, **options)
     return store
+
+
+def open_pair(url: str, **options: Any) -> tuple[Store, AsyncStore]:
+    """Open both kinds of store for one URL: ``(sync, async)``, for code with both ``def`` and
+    ``async def`` functions under one configuration.
+
+    Where the async store runs the sync one in worker threads (``memory://``, ``sqlite://``,
+    ``mysql://``), the two share one store: one dict for ``memory://`` (a record one side writes
+    is the other's to see; two :func:`open_store` calls would give two empty dicts), one
+    database for ``sqlite://:memory:``, one connection pool for ``mysql://``. Closing either
+    side then closes that one store. Elsewhere (``redis://``, ``postgresql://``) each side has
+    its own client or pool over the same server; close each.
+
+    Both are opened at once: no store connects before its first operation, so a side that is
+    never used costs no connection.
+    """
+    module = _module(url)
+    pair = getattr(module, "open_pair", None)
+    if pair is not None:
+        both: tuple[Store, AsyncStore] = pair(url, **options)
+        return both
+    return module.open_sync(url, **options), module.open_async(url, **options)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core import transitions
-from idempo.core.records import ClaimResult, Record
+from idempo.core.records import Record
 from idempo.stores._threaded import SyncStoreAsAsync
+from idempo.stores._transitional import TransitionalStore
 
-__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_sync"]
+__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
 
 
-class MemoryStore:
+class MemoryStore(TransitionalStore[bool]):
     """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -26,74 +27,21 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._clock = clock
 
-    def claim(
-        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
-    ) -> ClaimResult:
-        with self._lock:
-            result, write = transitions.claim(
-                self._records.get((scope, key)),
-                scope=scope,
-                key=key,
-                fingerprint=fingerprint,
-                token=token,
-                now=self._clock(),
-                lease=lease,
-                ttl=ttl,
-            )
-            if write is not None:
-                self._records[scope, key] = write
-            return result
+    # -- the hooks of TransitionalStore: one lock around a dict ---------------------------------
 
-    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None:
-        with self._lock:
-            self._records[scope, key] = transitions.complete(
-                self._records.get((scope, key)),
-                token=token,
-                outcome=outcome,
-                now=self._clock(),
-                ttl=ttl,
-            )
+    def _atomic(self, operation: str, *, write: bool) -> AbstractContextManager[bool]:
+        return self._lock
 
-    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        with self._lock:
-            record = transitions.extend(
-                self._records.get((scope, key)), token=token, now=self._clock(), lease=lease
-            )
-            self._records[scope, key] = record
-            assert record.lease_until is not None
-            return record.lease_until
+    def _load(
+        self, h: bool, operation: str, scope: str, key: str, *, lock: bool
+    ) -> tuple[float, Record | None]:
+        return self._clock(), self._records.get((scope, key))
 
-    def set_recovery_point(
-        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
-    ) -> float:
-        with self._lock:
-            record = transitions.extend(
-                self._records.get((scope, key)),
-                token=token,
-                now=self._clock(),
-                lease=lease,
-                recovery_point=recovery_point,
-            )
-            self._records[scope, key] = record
-            assert record.lease_until is not None
-            return record.lease_until
+    def _save(self, h: bool, operation: str, record: Record, *, insert: bool) -> None:
+        self._records[record.scope, record.key] = record
 
-    def release(self, scope: str, key: str, token: str) -> bool:
-        with self._lock:
-            current = transitions.live(self._records.get((scope, key)), self._clock())
-            if current is None or current.token != token:
-                return False
-            del self._records[scope, key]
-            return True
-
-    def get(self, scope: str, key: str) -> Record | None:
-        with self._lock:
-            return transitions.public(self._records.get((scope, key)), self._clock())
-
-    def delete(self, scope: str, key: str) -> bool:
-        with self._lock:
-            record = self._records.pop((scope, key), None)
-            return transitions.live(record, self._clock()) is not None
+    def _remove(self, h: bool, operation: str, scope: str, key: str) -> None:
+        del self._records[scope, key]
 
     def purge_expired(self, limit: int = 1000) -> int:
         with self._lock:
@@ -127,3 +75,9 @@ def open_sync(url: str, **options: Any) -> MemoryStore:
 
 def open_async(url: str, **options: Any) -> AsyncMemoryStore:
     return AsyncMemoryStore(MemoryStore(**options))
+
+
+def open_pair(url: str, **options: Any) -> tuple[MemoryStore, AsyncMemoryStore]:
+    """``memory://`` for both kinds of caller: one new, empty dict that both see."""
+    store = MemoryStore(**options)
+    return store, AsyncMemoryStore(store)

@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"pip install 'idempo[postgres]' ({exc})"
     ) from exc
 
-from idempo.stores._async.postgres import SCHEMA_VERSION, AsyncPostgresStore, migration_sql
+from idempo.stores._async.postgres import AsyncPostgresStore
+from idempo.stores._postgres_sql import SCHEMA_VERSION, migration_sql
 from idempo.stores._sync.postgres import PostgresStore
 
 __all__ = [

@@ -27,16 +27,29 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core import transitions
-from idempo.core.records import ClaimResult, Record, State
+from idempo.core.records import Record
 from idempo.errors import IdempoError, StoreError, StoreUnavailableError
+from idempo.stores import _rows as rows
+from idempo.stores._rows import RECORD_FORMAT
 from idempo.stores._threaded import SyncStoreAsAsync
+from idempo.stores._transitional import TransitionalStore
 
-__all__ = ["FORMAT_VERSION", "AsyncSQLiteStore", "SQLiteStore", "open_async", "open_sync"]
+__all__ = [
+    "RECORD_FORMAT",
+    "SCHEMA_VERSION",
+    "AsyncSQLiteStore",
+    "SQLiteStore",
+    "open_async",
+    "open_pair",
+    "open_sync",
+]
 
-FORMAT_VERSION = 1  # the table layout and record encoding this code reads and writes
+# The version of the table layout (kept in the idempo_schema table). Each row also carries the
+# record format it was written in (column format_version, idempo.stores._rows.RECORD_FORMAT).
+SCHEMA_VERSION = 1
 
 # Schema versions live in a table of their own, not in PRAGMA user_version: the database may be
 # the application's, whose own migrations may use user_version.
@@ -55,6 +68,7 @@ _UNAVAILABLE = {
     sqlite3.SQLITE_FULL,
     sqlite3.SQLITE_CANTOPEN,
 }
+# idempo.stores._rows.COLUMNS, in its order; this table names the format column format_version.
 _COLUMNS = (
     "fingerprint, state, token, lease_until, outcome, recovery_point, created_at, expires_at,"
     " format_version"
@@ -90,7 +104,7 @@ def _close(conn: sqlite3.Connection, pid: int) -> None:
             conn.close()
 
 
-class SQLiteStore:
+class SQLiteStore(TransitionalStore[sqlite3.Connection]):
     """A :class:`~idempo.stores.base.Store` in a SQLite database.
 
     ``path`` is a file (created if missing; its directory must exist) or ``":memory:"`` for a
@@ -170,56 +184,7 @@ class SQLiteStore:
             f'CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {t} (expires_at)',
         )
 
-    # -- the contract ---------------------------------------------------------------------------
-
-    def claim(
-        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
-    ) -> ClaimResult:
-        with self._transaction() as conn:
-            now, current = self._load(conn, scope, key)
-            result, write = transitions.claim(
-                current,
-                scope=scope,
-                key=key,
-                fingerprint=fingerprint,
-                token=token,
-                now=now,
-                lease=lease,
-                ttl=ttl,
-            )
-            if write is not None:
-                self._save(conn, write)
-            return result
-
-    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None:
-        with self._transaction() as conn:
-            now, current = self._load(conn, scope, key)
-            self._save(
-                conn, transitions.complete(current, token=token, outcome=outcome, now=now, ttl=ttl)
-            )
-
-    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        return self._extend(scope, key, token, lease, None)
-
-    def set_recovery_point(
-        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
-    ) -> float:
-        return self._extend(scope, key, token, lease, recovery_point)
-
-    def release(self, scope: str, key: str, token: str) -> bool:
-        with self._transaction() as conn:
-            now, current = self._load(conn, scope, key)
-            current = transitions.live(current, now)
-            if current is None or current.token != token:
-                return False
-            conn.execute(self._sql_release, (scope, key))
-            return True
-
-    def get(self, scope: str, key: str) -> Record | None:
-        # One SELECT is a consistent snapshot on its own: no write lock needed.
-        with self._session() as conn:
-            now, current = self._load(conn, scope, key)
-            return transitions.public(current, now)
+    # -- the contract (the rest is TransitionalStore's, over the hooks below) -------------------
 
     def delete(self, scope: str, key: str) -> bool:
         # An expired record counts as absent: it is left for purge_expired and reported False.
@@ -270,7 +235,7 @@ class SQLiteStore:
                 # wait for until busy_timeout: create the schema in the caller's transaction
                 # instead (it commits with it; _ready stays unset, so the next bind checks again).
                 try:
-                    if self._check_version(conn) < FORMAT_VERSION:
+                    if self._check_version(conn) < SCHEMA_VERSION:
                         self._create_schema(conn)
                 except sqlite3.Error as exc:
                     raise self._translate(exc) from exc
@@ -282,18 +247,6 @@ class SQLiteStore:
         return bound
 
     # -- transactions and connections -----------------------------------------------------------
-
-    def _extend(
-        self, scope: str, key: str, token: str, lease: float, recovery_point: bytes | None
-    ) -> float:
-        with self._transaction() as conn:
-            now, current = self._load(conn, scope, key)
-            record = transitions.extend(
-                current, token=token, now=now, lease=lease, recovery_point=recovery_point
-            )
-            self._save(conn, record)
-            assert record.lease_until is not None
-            return record.lease_until
 
     @contextlib.contextmanager
     def _session(self, *, prepare: bool = True) -> Iterator[sqlite3.Connection]:
@@ -354,7 +307,7 @@ class SQLiteStore:
         # Read first: an up-to-date schema needs no write lock on first use (readers start while
         # a writer holds it, and processes starting together do not queue for it).
         version = self._check_version(conn)  # refuses a newer schema
-        if force or (self._auto_migrate and version < FORMAT_VERSION):
+        if force or (self._auto_migrate and version < SCHEMA_VERSION):
             self._migrate(conn)
         self._ready = True
 
@@ -413,7 +366,7 @@ class SQLiteStore:
             conn.execute(statement)
         conn.execute(
             f"INSERT OR REPLACE INTO {_META} (table_name, version) VALUES (?, ?)",
-            (self.table, FORMAT_VERSION),
+            (self.table, SCHEMA_VERSION),
         )
 
     def _check_version(self, conn: sqlite3.Connection) -> int:
@@ -424,63 +377,36 @@ class SQLiteStore:
             f"SELECT version FROM {_META} WHERE table_name = ?", (self.table,)
         ).fetchone()
         version = 0 if row is None else int(row[0])
-        if version > FORMAT_VERSION:
+        if version > SCHEMA_VERSION:
             raise StoreError(
                 f"table {self.table!r} in {self._where()} has schema version {version}, newer"
-                f" than this idempo understands ({FORMAT_VERSION}): upgrade idempo"
+                f" than this idempo understands ({SCHEMA_VERSION}): upgrade idempo"
             )
         return version
 
-    # -- rows -------------------------------------------------------------------------------------
+    # -- the hooks of TransitionalStore: a transaction, one SELECT, one write ---------------------
 
-    def _load(self, conn: sqlite3.Connection, scope: str, key: str) -> tuple[float, Record | None]:
-        """The store's clock and the (scope, key) row, read by one statement."""
-        cursor = conn.cursor()
+    def _atomic(self, operation: str, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
+        # One SELECT is a consistent snapshot on its own: a read takes no write lock.
+        return self._transaction() if write else self._session()
+
+    def _load(
+        self, h: sqlite3.Connection, operation: str, scope: str, key: str, *, lock: bool
+    ) -> tuple[float, Record | None]:
+        """The store's clock and the (scope, key) row, read by one statement (the transaction
+        holds the write lock already)."""
+        cursor = h.cursor()
         cursor.row_factory = None  # plain tuples, whatever the (caller's) connection's factory
         now, *row = cursor.execute(self._sql_load, (scope, key)).fetchone()
         if row[0] is None:  # fingerprint is NOT NULL: no row joined
             return float(now), None
-        fingerprint, state, token, lease_until, outcome, recovery_point, created, expires, fmt = row
-        if fmt > FORMAT_VERSION:
-            raise StoreError(
-                f"record {scope!r}/{key!r} in {self._where()} has format {fmt}, newer than this"
-                f" idempo understands ({FORMAT_VERSION}): upgrade idempo"
-            )
-        try:
-            state = State(state)
-        except ValueError:
-            raise StoreError(f"corrupt record {scope!r}/{key!r}: state {state!r}") from None
-        record = Record(
-            scope=scope,
-            key=key,
-            fingerprint=fingerprint,
-            state=state,
-            token=token,
-            lease_until=lease_until,
-            outcome=outcome,
-            created_at=created,
-            expires_at=expires,
-            recovery_point=recovery_point,
-        )
-        return float(now), record
+        return float(now), rows.record(scope, key, row, where=self._where())
 
-    def _save(self, conn: sqlite3.Connection, r: Record) -> None:
-        conn.execute(
-            self._sql_save,
-            (
-                r.scope,
-                r.key,
-                r.fingerprint,
-                r.state.value,
-                r.token,
-                r.lease_until,
-                r.outcome,
-                r.recovery_point,
-                r.created_at,
-                r.expires_at,
-                FORMAT_VERSION,
-            ),
-        )
+    def _save(self, h: sqlite3.Connection, operation: str, record: Record, *, insert: bool) -> None:
+        h.execute(self._sql_save, (record.scope, record.key, *rows.values(record)))
+
+    def _remove(self, h: sqlite3.Connection, operation: str, scope: str, key: str) -> None:
+        h.execute(self._sql_release, (scope, key))
 
     # -- errors -----------------------------------------------------------------------------------
 
@@ -558,3 +484,9 @@ def open_sync(url: str, **options: Any) -> SQLiteStore:
 
 def open_async(url: str, **options: Any) -> AsyncSQLiteStore:
     return AsyncSQLiteStore(SQLiteStore(_path(url), **options))
+
+
+def open_pair(url: str, **options: Any) -> tuple[SQLiteStore, AsyncSQLiteStore]:
+    """Both kinds over one :class:`SQLiteStore` (for ``sqlite://:memory:``: one database)."""
+    store = SQLiteStore(_path(url), **options)
+    return store, AsyncSQLiteStore(store)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 # isort: off
 # The shared module first: when httpx or stamina is missing, its ImportError names the extra.
-from idempo._client_common import (
+from idempo.client._policy import (
     DEFAULT_KEY_METHODS,
     DEFAULT_RETRY_STATUSES,
     IDEMPOTENT_METHODS,
@@ -41,8 +41,8 @@ from idempo._client_common import (
     retry_info,
     was_replayed,
 )
-from idempo._async.client import AsyncClient
-from idempo._sync.client import Client
+from idempo.client._async.client import AsyncClient
+from idempo.client._sync.client import Client
 
 # isort: on
 

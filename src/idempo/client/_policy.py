@@ -1,7 +1,7 @@
 """What the idempo httpx clients share: keys, retry policy, backoff, response annotations.
 
 The clients themselves, and the documentation: :mod:`idempo.client` (the async client is
-written once in ``_async/client.py``; its sync twin is generated).
+written once in ``client/_async/client.py``; its sync twin is generated).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import importlib.metadata
 import math
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 try:
     import httpx
@@ -171,6 +171,15 @@ class _Plan:
     retryable: bool
 
 
+class _Attempts(Protocol):
+    """A stamina retry context, walked by ``for`` in the sync client and ``async for`` in the
+    async one (stamina's own class for it is private)."""
+
+    def __iter__(self) -> Iterator[stamina.Attempt]: ...
+
+    def __aiter__(self) -> AsyncIterator[stamina.Attempt]: ...
+
+
 class _Policy:
     """Everything the sync and async clients share: keys, what to retry, how long to wait."""
 
@@ -187,7 +196,9 @@ class _Policy:
         wait_max: float,
         wait_jitter: float,
         retry_statuses: Iterable[int],
+        client_headers: HeaderTypes | None,
     ) -> None:
+        """``client_headers`` are the client-wide default headers, checked for a key."""
         self.key_header = key_header
         self.auto_key = auto_key
         self.key_methods = frozenset(m.upper() for m in key_methods)
@@ -198,9 +209,7 @@ class _Policy:
         self.wait_max = wait_max
         self.wait_jitter = wait_jitter
         self.retry_statuses = frozenset(retry_statuses)
-
-    def check_client_headers(self, headers: HeaderTypes | None) -> None:
-        if headers is not None and self.key_header in httpx.Headers(headers):
+        if client_headers is not None and key_header in httpx.Headers(client_headers):
             raise ValueError(
                 f"a client-wide {self.key_header} header would give every request the same key; "
                 "pass idempotency_key=... per request instead"
@@ -237,14 +246,8 @@ class _Policy:
         safe = key is not None or method in IDEMPOTENT_METHODS
         return _Plan(key=key, retryable=safe and _is_replayable(request.stream))
 
-    def sync_attempts(self) -> Iterable[stamina.Attempt]:
-        return self._retry_context()  # type: ignore[no-any-return]
-
-    def async_attempts(self) -> AsyncIterable[stamina.Attempt]:
-        return self._retry_context()  # type: ignore[no-any-return]
-
-    def _retry_context(self) -> Any:
-        """A stamina retry context for one logical request (typed Any: its class is private)."""
+    def retrying(self) -> _Attempts:
+        """A stamina retry context for one logical request."""
         deadline = None if self.retry_timeout is None else time.monotonic() + self.retry_timeout
 
         def on(exc: Exception) -> bool | float:
@@ -291,32 +294,3 @@ class _Policy:
     @staticmethod
     def annotate(exc: BaseException, plan: _Plan, attempts: int) -> None:
         exc.add_note(f"idempo.client: gave up after {attempts} attempt(s); key={plan.key!r}")
-
-
-def _policy(
-    key_header: str,
-    auto_key: bool,
-    key_methods: Iterable[str],
-    quote_key: bool,
-    attempts: int | None,
-    retry_timeout: float | None,
-    wait_initial: float,
-    wait_max: float,
-    wait_jitter: float,
-    retry_statuses: Iterable[int],
-    headers: HeaderTypes | None,
-) -> _Policy:
-    policy = _Policy(
-        key_header=key_header,
-        auto_key=auto_key,
-        key_methods=key_methods,
-        quote_key=quote_key,
-        attempts=attempts,
-        retry_timeout=retry_timeout,
-        wait_initial=wait_initial,
-        wait_max=wait_max,
-        wait_jitter=wait_jitter,
-        retry_statuses=retry_statuses,
-    )
-    policy.check_client_headers(headers)
-    return policy

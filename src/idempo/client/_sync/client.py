@@ -1,7 +1,6 @@
-# DO NOT EDIT: generated from src/idempo/_async/client.py by scripts/unasync.py
-"""The synchronous idempo httpx client (its sync twin in ``_sync/client.py`` is generated).
-
-See :mod:`idempo.client` for what it does.
+# DO NOT EDIT: generated from src/idempo/client/_async/client.py by scripts/unasync.py
+"""One of the two idempo httpx clients, written once here; scripts/unasync.py generates the
+other from this file. What they do: :mod:`idempo.client`.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from idempo._client_common import (
+from idempo.client._policy import (
     _DEFAULT_TIMEOUT,
     DEFAULT_KEY_METHODS,
     DEFAULT_RETRY_STATUSES,
-    _policy,
+    _Policy,
     _RetryableResponse,
 )
 
@@ -67,18 +66,18 @@ class Client(httpx.Client):
         retry_statuses: Iterable[int] = DEFAULT_RETRY_STATUSES,
         **kwargs: Any,
     ) -> None:
-        self._idempo = _policy(
-            key_header,
-            auto_key,
-            key_methods,
-            quote_key,
-            attempts,
-            retry_timeout,
-            wait_initial,
-            wait_max,
-            wait_jitter,
-            retry_statuses,
-            headers,
+        self._idempo = _Policy(
+            key_header=key_header,
+            auto_key=auto_key,
+            key_methods=key_methods,
+            quote_key=quote_key,
+            attempts=attempts,
+            retry_timeout=retry_timeout,
+            wait_initial=wait_initial,
+            wait_max=wait_max,
+            wait_jitter=wait_jitter,
+            retry_statuses=retry_statuses,
+            client_headers=headers,
         )
         super().__init__(
             base_url=base_url, transport=transport, timeout=timeout, headers=headers, **kwargs
@@ -96,7 +95,7 @@ class Client(httpx.Client):
         attempts = 0
         previous: httpx.Response | None = None
         try:
-            for attempt in policy.sync_attempts():
+            for attempt in policy.retrying():
                 with attempt:
                     if previous is not None:
                         previous.close()
