@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -593,3 +594,31 @@ def test_result_serializer_keeps_celery_json_types() -> None:
     assert s.name == "celery-json"
     with pytest.raises(SerializationError):
         s.dumps(object())
+
+
+def test_without_celery_the_import_names_the_extra() -> None:
+    """On a machine without Celery, importing idempo.celery says which extra to install."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from importlib.abc import MetaPathFinder
+
+        class Refuse(MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in ("celery", "kombu"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        import idempo
+        try:
+            import idempo.celery
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'idempo[celery]'" in done.stdout
