@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from idempo.asgi import IdempotencyMiddleware as AsgiMiddleware
 from idempo.core.http import HttpOptions, Route
 from idempo.fastapi import document_idempotency
+from idempo.observe import Hooks
 from idempo.wsgi import IdempotencyMiddleware as WsgiMiddleware
 
 # Every option, with a value that differs from its default.
@@ -32,6 +33,7 @@ ALL_OPTIONS: dict[str, Any] = {
     "replay_deny": ["x-internal-*"],
     "replay_allow": ["content-type"],
     "problem_type_base": "https://api.example/problems/",
+    "hooks": Hooks(),
     "store_options": {},
 }
 

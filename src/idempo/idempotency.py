@@ -31,6 +31,7 @@ from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
+from idempo.observe import Hooks, Observer, store_kind
 from idempo.stores import open_pair
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.binding import bind_async, bind_sync
@@ -58,7 +59,8 @@ class Idempotency:
     ``wait``: seconds a duplicate call waits for an in-flight first call before raising
     :class:`~idempo.errors.InProgressError` (0: raise at once). ``serializer``: how results are
     kept (JSON by default). ``max_outcome_bytes``: larger results are returned once but not
-    kept; a retry then raises :class:`~idempo.errors.OutcomeNotStoredError`.
+    kept; a retry then raises :class:`~idempo.errors.OutcomeNotStoredError`. ``hooks``:
+    callbacks for replays, conflicts, takeovers, ... (:class:`~idempo.observe.Hooks`).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Idempotency:
         max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES,
         heartbeat: bool = True,
         store_options: dict[str, Any] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.policy = Policy(
             heartbeat=heartbeat,
@@ -86,6 +89,10 @@ class Idempotency:
         self._async_store: AsyncStore | None = None
         self._store_options = store_options or {}
         self._lock = threading.RLock()
+        self.hooks = hooks
+        self._engine: Engine | None = None
+        self._async_engine: AsyncEngine | None = None
+        self._observer: Observer | None = None
         if isinstance(store, str):
             urlsplit(store)  # fail early on nonsense
             self._url = store
@@ -102,12 +109,7 @@ class Idempotency:
     def store(self) -> Store:
         """The synchronous store (opened from the URL on first use)."""
         if self._sync_store is None:
-            if self._url is None:
-                raise TypeError(
-                    "this Idempotency was given an async store; it cannot serve a plain def "
-                    "(pass a URL, or a sync store from open_store())"
-                )
-            self._open_pair()
+            self._open_pair("an async store; it cannot serve a plain def", "open_store()")
         assert self._sync_store is not None
         return self._sync_store
 
@@ -115,19 +117,15 @@ class Idempotency:
     def async_store(self) -> AsyncStore:
         """The asynchronous store (opened from the URL on first use)."""
         if self._async_store is None:
-            if self._url is None:
-                raise TypeError(
-                    "this Idempotency was given a sync store; it cannot serve an async def "
-                    "(pass a URL, or an async store from open_async_store())"
-                )
-            self._open_pair()
+            self._open_pair("a sync store; it cannot serve an async def", "open_async_store()")
         assert self._async_store is not None
         return self._async_store
 
-    def _open_pair(self) -> None:
+    def _open_pair(self, given: str, opener: str) -> None:
         # Both kinds at once (neither connects before its first use): for memory:// and
         # SQLite one store serves def and async def alike (stores.open_pair).
-        assert self._url is not None
+        if self._url is None:
+            raise TypeError(f"this Idempotency was given {given} (pass a URL, or {opener})")
         with self._lock:
             if self._sync_store is None:
                 self._sync_store, self._async_store = open_pair(self._url, **self._store_options)
@@ -140,6 +138,7 @@ class Idempotency:
         shared = self._shares_one_store()
         self._sync_store.close()
         self._sync_store = None
+        self._engine = self._async_engine = None  # a later call opens the stores again
         if shared:
             self._async_store = None
 
@@ -149,6 +148,7 @@ class Idempotency:
             shared = self._shares_one_store()
             await self._async_store.close()
             self._async_store = None
+            self._engine = self._async_engine = None
             if shared:
                 self._sync_store = None
         self.close()
@@ -176,6 +176,7 @@ class Idempotency:
             key=validate_key(key),
             fingerprint=fingerprint_of(fingerprint),
             policy=self.policy,
+            observer=self.observer,
         )
 
     def atransaction(
@@ -192,6 +193,7 @@ class Idempotency:
             key=validate_key(key),
             fingerprint=fingerprint_of(fingerprint),
             policy=self.policy,
+            observer=self.observer,
         )
 
     # -- atomic phases -----------------------------------------------------------------------
@@ -216,6 +218,7 @@ class Idempotency:
             policy=self.policy,
             conn=conn,
             bind=lambda c: bind_sync(self.store, c),
+            observer=self.observer,
         )
         return op.run(
             scope=validate_scope(scope),
@@ -239,6 +242,7 @@ class Idempotency:
             policy=self.policy,
             conn=conn,
             bind=lambda c: bind_async(self.async_store, c),
+            observer=self.observer,
         )
         return await op.run(
             scope=validate_scope(scope),
@@ -265,6 +269,7 @@ class Idempotency:
             "lease": self.policy.lease,
             "serializer": self.policy.serializer,
             "max_outcome_bytes": self.policy.max_outcome_bytes,
+            "hooks": self.hooks,
         }
         return Consumer(
             handler,
@@ -351,7 +356,7 @@ class Idempotency:
                 @functools.wraps(func)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                     s, k, f = op.identify(args, kwargs)
-                    engine = AsyncEngine(self.async_store)
+                    engine = self._async_engine or self._make_async_engine()
                     call = cast(Callable[[], Awaitable[Any]], lambda: func(*args, **kwargs))
                     return await engine.run(call, scope=s, key=k, fingerprint=f, policy=policy)
 
@@ -363,7 +368,7 @@ class Idempotency:
             @functools.wraps(func)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
                 s, k, f = op.identify(args, kwargs)
-                engine = Engine(self.store)
+                engine = self._engine or self._make_engine()
                 result: R = engine.run(
                     lambda: func(*args, **kwargs), scope=s, key=k, fingerprint=f, policy=policy
                 )
@@ -374,6 +379,24 @@ class Idempotency:
         if fn is not None:
             return decorate(fn)
         return decorate
+
+    # -- the engines, built once --------------------------------------------------------------
+
+    @property
+    def observer(self) -> Observer:
+        """Where this object's outcomes are reported (OpenTelemetry, ``hooks``)."""
+        if self._observer is None:
+            kind = store_kind(self._sync_store or self._async_store or self.store)
+            self._observer = Observer("function", kind, self.hooks)
+        return self._observer
+
+    def _make_engine(self) -> Engine:
+        self._engine = Engine(self.store, self.observer)
+        return self._engine
+
+    def _make_async_engine(self) -> AsyncEngine:
+        self._async_engine = AsyncEngine(self.async_store, self.observer)
+        return self._async_engine
 
     def _check_can_serve(self, func: Callable[..., Any], *, want_async: bool) -> None:
         """Say at decoration time, not at the first call, when the store cannot serve ``func``."""

@@ -35,9 +35,9 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, get_args
 
-__all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "store_kind"]
+__all__ = ["OUTCOMES", "Event", "Hooks", "Observer", "Outcome", "refresh", "store_kind"]
 
 log = logging.getLogger("idempo")
 
@@ -52,16 +52,7 @@ Outcome = Literal[
     "lease_lost",
     "failed",
 ]
-OUTCOMES: tuple[Outcome, ...] = (
-    "executed",
-    "replayed",
-    "in_progress",
-    "mismatch",
-    "not_stored",
-    "store_unavailable",
-    "lease_lost",
-    "failed",
-)
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 @dataclass(slots=True)
@@ -135,6 +126,7 @@ class _Telemetry:
             "idempo.store.duration", unit="s", description="Store round trips"
         )
         self.span_kind = trace.SpanKind.CLIENT
+        self.error_status = trace.Status(trace.StatusCode.ERROR)
         self._proxy_tracer = trace.ProxyTracerProvider
         self._recording = False
         self._checked_until = 0.0
@@ -169,6 +161,14 @@ def _telemetry() -> _Telemetry | None:
         except ImportError:
             _TELEMETRY = None
     return _TELEMETRY
+
+
+def refresh() -> None:
+    """Look at the global OpenTelemetry providers again now (idempo looks at most once a
+    second): for a test, or an application, that configures its SDK after traffic began."""
+    telemetry = _telemetry()
+    if telemetry is not None:
+        telemetry._checked_until = 0.0
 
 
 def store_kind(store: object) -> str:
@@ -207,6 +207,11 @@ class Observer:
 
     def __post_init__(self) -> None:
         self._telemetry = _telemetry()
+
+    @property
+    def telemetry_installed(self) -> bool:
+        """Whether opentelemetry-api is installed (store round trips are then wrapped)."""
+        return self._telemetry is not None
 
     def outcome(
         self,
@@ -267,21 +272,28 @@ class Observer:
 
     @contextlib.contextmanager
     def round_trip(self, operation: str, scope: str | None, key: str | None) -> Iterator[None]:
-        """Time one store round trip and wrap it in a span (call only when :meth:`measuring`)."""
+        """Time one store round trip and wrap it in a span (call only when :meth:`measuring`).
+
+        The span is a child of the caller's current span but is not made current itself
+        (nothing runs inside a store call that could be its child): cheaper by a context
+        attach and detach."""
         telemetry = self._telemetry
         assert telemetry is not None
-        attributes: dict[str, Any] = {
-            "idempo.store": self.store,
-            "idempo.store.operation": operation,
-        }
-        span_attributes = dict(attributes)
-        if scope is not None and key is not None:
-            span_attributes["idempo.key.hash"] = _key_hash(scope, key)
+        attributes = {"idempo.store": self.store, "idempo.store.operation": operation}
+        span = telemetry.tracer.start_span(
+            f"idempo.store.{operation}",
+            kind=telemetry.span_kind,
+            attributes=attributes
+            if scope is None or key is None
+            else {**attributes, "idempo.key.hash": _key_hash(scope, key)},
+        )
         started = time.perf_counter()
-        with telemetry.tracer.start_as_current_span(
-            f"idempo.store.{operation}", kind=telemetry.span_kind, attributes=span_attributes
-        ):
-            try:
-                yield
-            finally:
-                telemetry.duration.record(time.perf_counter() - started, attributes)
+        try:
+            yield
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(telemetry.error_status)
+            raise
+        finally:
+            telemetry.duration.record(time.perf_counter() - started, attributes)
+            span.end()

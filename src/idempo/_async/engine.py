@@ -27,12 +27,19 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
+from idempo._async.observed import AsyncObservedStore
 from idempo._primitives import async_periodic, async_sleep
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.outcome import Keep, Release
 from idempo.core.policy import Policy
-from idempo.errors import LeaseLostError, StoreUnavailableError
+from idempo.errors import (
+    InProgressError,
+    LeaseLostError,
+    OutcomeNotStoredError,
+    StoreUnavailableError,
+)
+from idempo.observe import Observer, Outcome
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncEngine", "AsyncHeld", "Unstorable"]
@@ -59,6 +66,7 @@ class AsyncHeld:
     __slots__ = (
         "_beat",
         "key",
+        "observer",
         "policy",
         "recovery_point",
         "scope",
@@ -77,8 +85,10 @@ class AsyncHeld:
         *,
         takeover: bool = False,
         recovery_point: bytes | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.scope = scope
         self.key = key
         self.token = token
@@ -152,8 +162,9 @@ class AsyncHeld:
         await self.store.release(self.scope, self.key, self.token)
 
     async def release_quietly(self) -> None:
-        """:meth:`release`, logging instead of raising: the original error matters more, and
-        the claim frees itself when its lease runs out."""
+        """:meth:`release` after the operation failed, logging instead of raising: the
+        original error matters more, and the claim frees itself when its lease runs out."""
+        self.report("failed")
         try:
             await self.release()
         except Exception:
@@ -168,6 +179,7 @@ class AsyncHeld:
     async def expire(self) -> None:
         """End the lease now, keeping the record and its recovery point, so that a retry takes
         over at once (atomic phases after a failed phase). Best effort: logged, not raised."""
+        self.report("failed")
         try:
             await self.store.extend(self.scope, self.key, self.token, lease=0)
         except Exception:
@@ -186,12 +198,15 @@ class AsyncHeld:
         policy = self.policy
         encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
         if encoded.error is not None and unstorable == "raise_before_write":
+            self.report("failed", encoded.error)
             raise encoded.error
         try:
             await self.complete(encoded.data)
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
+            self.report(_failure(exc), exc)
             raise
+        self.report("executed")
         if encoded.error is not None:
             if unstorable == "raise":
                 raise encoded.error
@@ -212,15 +227,35 @@ class AsyncHeld:
                 await self.release()
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
+            self.report(_failure(exc), exc)
+            return
+        self.report("executed" if isinstance(outcome, Keep) else "failed")
+
+    def report(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """Tell the observer how this execution ended (the methods above do it themselves)."""
+        if self.observer is not None:
+            self.observer.outcome(outcome, self.scope, self.key, error=error)
+
+
+def _failure(exc: BaseException) -> Outcome:
+    return "lease_lost" if isinstance(exc, LeaseLostError) else "store_unavailable"
 
 
 class AsyncEngine:
-    """Runs operations at most once per (scope, key) at a time, and replays their results."""
+    """Runs operations at most once per (scope, key) at a time, and replays their results.
 
-    __slots__ = ("store",)
+    With an ``observer`` (:mod:`idempo.observe`), every outcome is reported to it, and the
+    store's round trips are measured when OpenTelemetry is installed."""
 
-    def __init__(self, store: AsyncStore) -> None:
-        self.store = store
+    __slots__ = ("observer", "store")
+
+    def __init__(self, store: AsyncStore, observer: Observer | None = None) -> None:
+        self.observer = observer
+        self.store: AsyncStore = (
+            AsyncObservedStore(store, observer)
+            if observer is not None and observer.telemetry_installed
+            else store
+        )
 
     async def acquire(
         self, scope: str, key: str, fingerprint: str, policy: Policy
@@ -239,10 +274,12 @@ class AsyncEngine:
                 result = await self.store.claim(
                     scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
                 )
-            except StoreUnavailableError:
+            except StoreUnavailableError as exc:
                 # What was lost may be the reply: the claim may be written, under our token.
                 # Release it, or the key stays blocked for a whole lease with nothing running.
                 await self._release_unknown_claim(scope, key, token)
+                if self.observer is not None:
+                    self.observer.outcome("store_unavailable", scope, key, error=exc)
                 raise
             decision = decide(
                 result, waited=time.monotonic() - started, wait=policy.wait, attempt=attempt
@@ -251,6 +288,8 @@ class AsyncEngine:
                 case Execute():
                     if decision.takeover:
                         log.warning("idempo: took over the expired claim of %r/%r", scope, key)
+                        if self.observer is not None:
+                            self.observer.takeover(scope, key)
                     return AsyncHeld(
                         self.store,
                         scope,
@@ -259,8 +298,18 @@ class AsyncEngine:
                         policy,
                         takeover=decision.takeover,
                         recovery_point=decision.recovery_point,
+                        observer=self.observer,
                     )
-                case Replay() | Reject():
+                case Replay():
+                    return decision
+                case Reject():
+                    if self.observer is not None:
+                        refusal: Outcome = (
+                            "in_progress"
+                            if isinstance(decision.error, InProgressError)
+                            else "mismatch"
+                        )
+                        self.observer.outcome(refusal, scope, key, error=decision.error)
                     return decision
                 case Wait():
                     await async_sleep(decision.delay)
@@ -308,4 +357,12 @@ class AsyncEngine:
 
     def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
         """The value kept in ``data``; OutcomeNotStoredError if the first result was not kept."""
-        return outcomes.replayed(policy.serializer, data, scope=scope, key=key)
+        try:
+            value = outcomes.replayed(policy.serializer, data, scope=scope, key=key)
+        except OutcomeNotStoredError as exc:
+            if self.observer is not None:
+                self.observer.outcome("not_stored", scope, key, error=exc)
+            raise
+        if self.observer is not None:
+            self.observer.outcome("replayed", scope, key)
+        return value

@@ -50,7 +50,13 @@ from idempo.core.http import (
 )
 from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
-from idempo.errors import IdempoError, MissingKeyError, StoreUnavailableError
+from idempo.errors import (
+    IdempoError,
+    MissingKeyError,
+    OutcomeNotStoredError,
+    StoreUnavailableError,
+)
+from idempo.observe import Observer, store_kind
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncHttpFront", "AsyncRecorder", "AsyncRequest", "default_scope"]
@@ -141,7 +147,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class AsyncHttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "observer", "policy", "scope_fn")
 
     def __init__(self, store: AsyncStore, options: HttpOptions) -> None:
         check_options(options)
@@ -158,7 +164,8 @@ class AsyncHttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.engine = AsyncEngine(store)
+        self.observer = Observer("http", store_kind(store), options.get("hooks"))
+        self.engine = AsyncEngine(store, self.observer)
 
     async def admit(self, request: AsyncRequest) -> Pass | Respond | Drop | AsyncRecorder:
         """What to do with ``request``. An AsyncRecorder means: run the app with its
@@ -195,8 +202,12 @@ class AsyncHttpFront:
             try:
                 stored = read_stored(decision.outcome, key=key, scope=principal)
             except IdempoError as exc:  # not kept, or unreadable
+                if isinstance(exc, OutcomeNotStoredError):
+                    self.observer.outcome("not_stored", principal, key, error=exc)
                 return problem(exc, instance=path, type_base=config.problem_type_base)
-            return Respond(stored.status, replay_headers(stored), stored.body)
+            replayed = replay_headers(stored)
+            self.observer.outcome("replayed", principal, key, headers=replayed)  # hooks may add
+            return Respond(stored.status, replayed, stored.body)
         if isinstance(decision, Reject):
             return problem(decision.error, instance=path, type_base=config.problem_type_base)
         await decision.start_heartbeat()

@@ -28,6 +28,7 @@ from idempo._async.engine import AsyncEngine, AsyncHeld
 from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError, LeaseLostError, StoreUnavailableError
+from idempo.observe import Observer
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncPhase", "AsyncPhaseContext", "AsyncPhasedOperation"]
@@ -91,6 +92,7 @@ class AsyncPhasedOperation:
         policy: Policy,
         conn: Any = None,
         bind: Callable[[Any], Awaitable[AsyncStore]] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         names = [p.name for p in phases]
         if not phases or len(set(names)) != len(names):
@@ -102,7 +104,7 @@ class AsyncPhasedOperation:
         self.policy = policy
         self.conn = conn
         self._bind = bind
-        self.engine = AsyncEngine(store)
+        self.engine = AsyncEngine(store, observer)
 
     async def run(self, *, scope: str, key: str, fingerprint: str) -> Any:
         held = await self.engine.acquire(scope, key, fingerprint, self.policy)

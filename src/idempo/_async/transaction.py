@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import Any
 
 from idempo._async.engine import AsyncEngine, AsyncHeld
-from idempo.core import outcome as outcomes
 from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError
+from idempo.observe import Observer
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncTransaction"]
@@ -51,6 +51,7 @@ class AsyncTransaction:
         key: str,
         fingerprint: str,
         policy: Policy,
+        observer: Observer | None = None,
     ) -> None:
         self._bind = bind  # the store bound to the caller's connection, made on entry
         self.store: AsyncStore | None = None
@@ -62,18 +63,18 @@ class AsyncTransaction:
         self.result: Any = _UNSET
         self._held: AsyncHeld | None = None
         self._policy = dataclasses.replace(policy, wait=0.0, heartbeat=False)
+        self._observer = observer
 
     async def __aenter__(self) -> AsyncTransaction:
         self.store = await self._bind()
         # No waiting here: a duplicate already waited on the row lock inside the claim.
-        decision = await AsyncEngine(self.store).acquire(
-            self.scope, self.key, self.fingerprint, self._policy
-        )
+        engine = AsyncEngine(self.store, self._observer)
+        decision = await engine.acquire(self.scope, self.key, self.fingerprint, self._policy)
         if isinstance(decision, Reject):
             raise decision.error
         if isinstance(decision, Replay):
-            self.result = outcomes.replayed(
-                self.policy.serializer, decision.outcome, scope=self.scope, key=self.key
+            self.result = engine.replay(
+                decision.outcome, scope=self.scope, key=self.key, policy=self.policy
             )
             self.replayed = True
             return self
@@ -86,9 +87,13 @@ class AsyncTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None or self._held is None:
-            return  # the caller's rollback undoes the claim; a replay wrote nothing
+        if self._held is None:
+            return  # a replay wrote nothing
+        if exc_type is not None:
+            self._held.report("failed")  # the caller's rollback undoes the claim
+            return
         if self.result is _UNSET:
+            self._held.report("failed")
             raise IdempoError(
                 f"transaction for idempotency key {self.key!r} ended without a result: set "
                 "tx.result (None is a result) before leaving the block"

@@ -28,12 +28,19 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
+from idempo._sync.observed import ObservedStore
 from idempo._primitives import sync_periodic, sync_sleep
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.outcome import Keep, Release
 from idempo.core.policy import Policy
-from idempo.errors import LeaseLostError, StoreUnavailableError
+from idempo.errors import (
+    InProgressError,
+    LeaseLostError,
+    OutcomeNotStoredError,
+    StoreUnavailableError,
+)
+from idempo.observe import Observer, Outcome
 from idempo.stores.base import Store
 
 __all__ = ["Engine", "Held", "Unstorable"]
@@ -60,6 +67,7 @@ class Held:
     __slots__ = (
         "_beat",
         "key",
+        "observer",
         "policy",
         "recovery_point",
         "scope",
@@ -78,8 +86,10 @@ class Held:
         *,
         takeover: bool = False,
         recovery_point: bytes | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.scope = scope
         self.key = key
         self.token = token
@@ -153,8 +163,9 @@ class Held:
         self.store.release(self.scope, self.key, self.token)
 
     def release_quietly(self) -> None:
-        """:meth:`release`, logging instead of raising: the original error matters more, and
-        the claim frees itself when its lease runs out."""
+        """:meth:`release` after the operation failed, logging instead of raising: the
+        original error matters more, and the claim frees itself when its lease runs out."""
+        self.report("failed")
         try:
             self.release()
         except Exception:
@@ -169,6 +180,7 @@ class Held:
     def expire(self) -> None:
         """End the lease now, keeping the record and its recovery point, so that a retry takes
         over at once (atomic phases after a failed phase). Best effort: logged, not raised."""
+        self.report("failed")
         try:
             self.store.extend(self.scope, self.key, self.token, lease=0)
         except Exception:
@@ -187,12 +199,15 @@ class Held:
         policy = self.policy
         encoded = outcomes.encode_result(policy.serializer, value, policy.max_outcome_bytes)
         if encoded.error is not None and unstorable == "raise_before_write":
+            self.report("failed", encoded.error)
             raise encoded.error
         try:
             self.complete(encoded.data)
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
+            self.report(_failure(exc), exc)
             raise
+        self.report("executed")
         if encoded.error is not None:
             if unstorable == "raise":
                 raise encoded.error
@@ -213,15 +228,35 @@ class Held:
                 self.release()
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
+            self.report(_failure(exc), exc)
+            return
+        self.report("executed" if isinstance(outcome, Keep) else "failed")
+
+    def report(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """Tell the observer how this execution ended (the methods above do it themselves)."""
+        if self.observer is not None:
+            self.observer.outcome(outcome, self.scope, self.key, error=error)
+
+
+def _failure(exc: BaseException) -> Outcome:
+    return "lease_lost" if isinstance(exc, LeaseLostError) else "store_unavailable"
 
 
 class Engine:
-    """Runs operations at most once per (scope, key) at a time, and replays their results."""
+    """Runs operations at most once per (scope, key) at a time, and replays their results.
 
-    __slots__ = ("store",)
+    With an ``observer`` (:mod:`idempo.observe`), every outcome is reported to it, and the
+    store's round trips are measured when OpenTelemetry is installed."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    __slots__ = ("observer", "store")
+
+    def __init__(self, store: Store, observer: Observer | None = None) -> None:
+        self.observer = observer
+        self.store: Store = (
+            ObservedStore(store, observer)
+            if observer is not None and observer.telemetry_installed
+            else store
+        )
 
     def acquire(
         self, scope: str, key: str, fingerprint: str, policy: Policy
@@ -240,10 +275,12 @@ class Engine:
                 result = self.store.claim(
                     scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
                 )
-            except StoreUnavailableError:
+            except StoreUnavailableError as exc:
                 # What was lost may be the reply: the claim may be written, under our token.
                 # Release it, or the key stays blocked for a whole lease with nothing running.
                 self._release_unknown_claim(scope, key, token)
+                if self.observer is not None:
+                    self.observer.outcome("store_unavailable", scope, key, error=exc)
                 raise
             decision = decide(
                 result, waited=time.monotonic() - started, wait=policy.wait, attempt=attempt
@@ -252,6 +289,8 @@ class Engine:
                 case Execute():
                     if decision.takeover:
                         log.warning("idempo: took over the expired claim of %r/%r", scope, key)
+                        if self.observer is not None:
+                            self.observer.takeover(scope, key)
                     return Held(
                         self.store,
                         scope,
@@ -260,8 +299,18 @@ class Engine:
                         policy,
                         takeover=decision.takeover,
                         recovery_point=decision.recovery_point,
+                        observer=self.observer,
                     )
-                case Replay() | Reject():
+                case Replay():
+                    return decision
+                case Reject():
+                    if self.observer is not None:
+                        refusal: Outcome = (
+                            "in_progress"
+                            if isinstance(decision.error, InProgressError)
+                            else "mismatch"
+                        )
+                        self.observer.outcome(refusal, scope, key, error=decision.error)
                     return decision
                 case Wait():
                     sync_sleep(decision.delay)
@@ -309,4 +358,12 @@ class Engine:
 
     def replay(self, data: bytes, *, scope: str, key: str, policy: Policy) -> Any:
         """The value kept in ``data``; OutcomeNotStoredError if the first result was not kept."""
-        return outcomes.replayed(policy.serializer, data, scope=scope, key=key)
+        try:
+            value = outcomes.replayed(policy.serializer, data, scope=scope, key=key)
+        except OutcomeNotStoredError as exc:
+            if self.observer is not None:
+                self.observer.outcome("not_stored", scope, key, error=exc)
+            raise
+        if self.observer is not None:
+            self.observer.outcome("replayed", scope, key)
+        return value

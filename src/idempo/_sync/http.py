@@ -51,7 +51,13 @@ from idempo.core.http import (
 )
 from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
-from idempo.errors import IdempoError, MissingKeyError, StoreUnavailableError
+from idempo.errors import (
+    IdempoError,
+    MissingKeyError,
+    OutcomeNotStoredError,
+    StoreUnavailableError,
+)
+from idempo.observe import Observer, store_kind
 from idempo.stores.base import Store
 
 __all__ = ["HttpFront", "Recorder", "Request", "default_scope"]
@@ -142,7 +148,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class HttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "observer", "policy", "scope_fn")
 
     def __init__(self, store: Store, options: HttpOptions) -> None:
         check_options(options)
@@ -159,7 +165,8 @@ class HttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.engine = Engine(store)
+        self.observer = Observer("http", store_kind(store), options.get("hooks"))
+        self.engine = Engine(store, self.observer)
 
     def admit(self, request: Request) -> Pass | Respond | Drop | Recorder:
         """What to do with ``request``. An Recorder means: run the app with its
@@ -196,8 +203,12 @@ class HttpFront:
             try:
                 stored = read_stored(decision.outcome, key=key, scope=principal)
             except IdempoError as exc:  # not kept, or unreadable
+                if isinstance(exc, OutcomeNotStoredError):
+                    self.observer.outcome("not_stored", principal, key, error=exc)
                 return problem(exc, instance=path, type_base=config.problem_type_base)
-            return Respond(stored.status, replay_headers(stored), stored.body)
+            replayed = replay_headers(stored)
+            self.observer.outcome("replayed", principal, key, headers=replayed)  # hooks may add
+            return Respond(stored.status, replayed, stored.body)
         if isinstance(decision, Reject):
             return problem(decision.error, instance=path, type_base=config.problem_type_base)
         decision.start_heartbeat()

@@ -29,6 +29,7 @@ from idempo._sync.engine import Engine, Held
 from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError, LeaseLostError, StoreUnavailableError
+from idempo.observe import Observer
 from idempo.stores.base import Store
 
 __all__ = ["Phase", "PhaseContext", "PhasedOperation"]
@@ -92,6 +93,7 @@ class PhasedOperation:
         policy: Policy,
         conn: Any = None,
         bind: Callable[[Any], Store] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         names = [p.name for p in phases]
         if not phases or len(set(names)) != len(names):
@@ -103,7 +105,7 @@ class PhasedOperation:
         self.policy = policy
         self.conn = conn
         self._bind = bind
-        self.engine = Engine(store)
+        self.engine = Engine(store, observer)
 
     def run(self, *, scope: str, key: str, fingerprint: str) -> Any:
         held = self.engine.acquire(scope, key, fingerprint, self.policy)

@@ -24,10 +24,10 @@ from types import TracebackType
 from typing import Any
 
 from idempo._sync.engine import Engine, Held
-from idempo.core import outcome as outcomes
 from idempo.core.decide import Reject, Replay
 from idempo.core.policy import Policy
 from idempo.errors import IdempoError
+from idempo.observe import Observer
 from idempo.stores.base import Store
 
 __all__ = ["Transaction"]
@@ -52,6 +52,7 @@ class Transaction:
         key: str,
         fingerprint: str,
         policy: Policy,
+        observer: Observer | None = None,
     ) -> None:
         self._bind = bind  # the store bound to the caller's connection, made on entry
         self.store: Store | None = None
@@ -63,18 +64,18 @@ class Transaction:
         self.result: Any = _UNSET
         self._held: Held | None = None
         self._policy = dataclasses.replace(policy, wait=0.0, heartbeat=False)
+        self._observer = observer
 
     def __enter__(self) -> Transaction:
         self.store = self._bind()
         # No waiting here: a duplicate already waited on the row lock inside the claim.
-        decision = Engine(self.store).acquire(
-            self.scope, self.key, self.fingerprint, self._policy
-        )
+        engine = Engine(self.store, self._observer)
+        decision = engine.acquire(self.scope, self.key, self.fingerprint, self._policy)
         if isinstance(decision, Reject):
             raise decision.error
         if isinstance(decision, Replay):
-            self.result = outcomes.replayed(
-                self.policy.serializer, decision.outcome, scope=self.scope, key=self.key
+            self.result = engine.replay(
+                decision.outcome, scope=self.scope, key=self.key, policy=self.policy
             )
             self.replayed = True
             return self
@@ -87,9 +88,13 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None or self._held is None:
-            return  # the caller's rollback undoes the claim; a replay wrote nothing
+        if self._held is None:
+            return  # a replay wrote nothing
+        if exc_type is not None:
+            self._held.report("failed")  # the caller's rollback undoes the claim
+            return
         if self.result is _UNSET:
+            self._held.report("failed")
             raise IdempoError(
                 f"transaction for idempotency key {self.key!r} ended without a result: set "
                 "tx.result (None is a result) before leaving the block"

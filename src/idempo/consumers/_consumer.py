@@ -49,7 +49,6 @@ from typing import Any, Generic, Protocol, TypedDict, TypeVar, cast
 
 from idempo._async.engine import AsyncEngine, AsyncHeld
 from idempo._async.transaction import AsyncTransaction
-from idempo.core import outcome as outcomes
 from idempo.core.decide import Reject, Replay
 from idempo.core.fingerprint import fingerprint as make_fingerprint
 from idempo.core.keys import validate_key, validate_scope
@@ -60,7 +59,9 @@ from idempo.errors import (
     InProgressError,
     KeyReuseError,
     LeaseLostError,
+    OutcomeNotStoredError,
 )
+from idempo.observe import Hooks, Observer, store_kind
 from idempo.stores import open_async_store
 from idempo.stores.base import AsyncStore
 from idempo.stores.binding import bind_async
@@ -185,6 +186,7 @@ class Claim(AsyncHeld):
             held.policy,
             takeover=held.takeover,
             recovery_point=held.recovery_point,
+            observer=held.observer,
         )
         self.attempt = attempt
 
@@ -219,6 +221,7 @@ class ConsumerOptions(TypedDict, total=False):
     keepalive: bool
     pass_claim: bool
     transaction: Transaction | None
+    hooks: Hooks | None
 
 
 Handler = Callable[[M], Awaitable[Any]] | Callable[[M, Claim], Awaitable[Any]]
@@ -269,6 +272,9 @@ class Consumer(Generic[M]):
     ``transaction``: the transactional inbox (see :class:`Transaction`): the handler is called
     with ``(message, connection)`` and its writes commit with the message's record; the store
     must be the same PostgreSQL database (``postgresql://`` URL or store).
+
+    ``hooks``: callbacks for replays, conflicts, takeovers (:class:`idempo.observe.Hooks`);
+    outcomes are reported to OpenTelemetry as ``idempo.kind=message``.
     """
 
     def __init__(
@@ -290,6 +296,7 @@ class Consumer(Generic[M]):
         keepalive: bool = True,
         pass_claim: bool = False,
         transaction: Transaction | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         if transaction is not None and pass_claim:
             raise ValueError(
@@ -321,6 +328,8 @@ class Consumer(Generic[M]):
         self.keepalive = keepalive
         self.pass_claim = pass_claim
         self.transaction = transaction
+        self.hooks = hooks
+        self._engine: AsyncEngine | None = None
         if pass_claim or transaction is not None:
             _check_arity(handler, 2)
         self._url: str | None = None
@@ -345,10 +354,20 @@ class Consumer(Generic[M]):
             self._store = open_async_store(self._url)
         return self._store
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine over the store, reporting as ``message`` (built once)."""
+        if self._engine is None:
+            self._engine = AsyncEngine(
+                self.store, Observer("message", store_kind(self.store), self.hooks)
+            )
+        return self._engine
+
     async def aclose(self) -> None:
         """Close the store, if this consumer opened it from a URL."""
         if self._url is not None and self._store is not None:
             store, self._store = self._store, None
+            self._engine = None
             await store.close()
 
     # -- one delivery ------------------------------------------------------------------------
@@ -378,7 +397,7 @@ class Consumer(Generic[M]):
             return await self._process_in_transaction(delivery, key, fp)
 
         try:
-            decision = await AsyncEngine(self.store).acquire(self.name, key, fp, self.policy)
+            decision = await self.engine.acquire(self.name, key, fp, self.policy)
         except Exception as exc:  # StoreUnavailableError, StoreError, an unreadable record
             log.error(
                 "idempo: %s: cannot claim message %r (%s: %s); not processed, redelivering it",
@@ -488,6 +507,7 @@ class Consumer(Generic[M]):
                     key=key,
                     fingerprint=fp,
                     policy=self.policy,
+                    observer=self.engine.observer,
                 )
                 async with tx:
                     if not tx.replayed:
@@ -550,13 +570,14 @@ class Consumer(Generic[M]):
         """The stored outcome of a redelivered message; None when it was not kept (there is
         nothing to raise to: the message is acked all the same)."""
         try:
-            value = outcomes.decode(self.policy.serializer, data)
+            return self.engine.replay(data, scope=self.name, key=key, policy=self.policy)
+        except OutcomeNotStoredError:
+            return None
         except IdempoError as exc:
             log.warning(
                 "idempo: %s: stored outcome of message %r cannot be read: %s", self.name, key, exc
             )
             return None
-        return None if isinstance(value, outcomes.NotStored) else value
 
     async def _defer(
         self, delivery: Delivery[M], key: str, exc: InProgressError, *, cap: bool = True

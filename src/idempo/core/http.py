@@ -199,6 +199,8 @@ class HttpOptions(TypedDict, total=False):
     replay_allow: globs of the only response headers stored (an allow list; overrides
         ``replay_deny``). Cookies and hop-by-hop headers are never stored either way.
     problem_type_base: the prefix of problem+json ``type`` URIs (default ``urn:idempo:problem:``).
+    hooks: an :class:`idempo.observe.Hooks` (replays, conflicts, takeovers, ...); a replay's
+        hook may append to ``event.headers``.
     store_options: keyword arguments for opening ``store`` when it is a URL.
     """
 
@@ -218,6 +220,7 @@ class HttpOptions(TypedDict, total=False):
     replay_deny: Iterable[str] | None
     replay_allow: Iterable[str] | None
     problem_type_base: str
+    hooks: Any
     store_options: dict[str, Any] | None
 
 
