@@ -54,6 +54,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "was_replayed",
     ],
     "idempo.asgi": ["HttpOptions", "IdempotencyMiddleware", "Route"],
+    "idempo.celery": ["IdempotentTask", "ResultSerializer"],
     "idempo.wsgi": ["HttpOptions", "IdempotencyMiddleware", "Route"],
     "idempo.stores": ["AsyncStore", "Store", "open_async_store", "open_pair", "open_store"],
     "idempo.consumers": [
@@ -118,6 +119,8 @@ EXTRAS = [
     "uvicorn",
     "rich",
     "fastapi",
+    "celery",
+    "kombu",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +140,7 @@ def test_design_import_paths() -> None:
     """The import lines of DESIGN §7 (for the modules that exist) keep working."""
     from idempo import Idempotency, open_async_store, open_store
     from idempo.asgi import IdempotencyMiddleware as AsgiMiddleware
+    from idempo.celery import IdempotentTask
     from idempo.client import AsyncClient, Client
     from idempo.consumers.rabbitmq import RabbitMQConsumer
     from idempo.errors import (
@@ -155,6 +159,7 @@ def test_design_import_paths() -> None:
     for cls in (Idempotency, AsgiMiddleware, WsgiMiddleware, Client, AsyncClient, Phase):
         assert isinstance(cls, type)
     assert isinstance(RabbitMQConsumer, type)
+    assert isinstance(IdempotentTask, type)
     for error in (InProgressError, InvalidKeyError, KeyReuseError, LeaseLostError):
         assert issubclass(error, IdempoError)
     assert issubclass(StoreUnavailableError, IdempoError)
