@@ -16,8 +16,12 @@ from idempo.core.records import Record
 from idempo.errors import StoreUnavailableError
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, number
 
-__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+__all__ = ["URL_OPTIONS", "AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+
+# What memory://?... may carry (see idempo.stores._url); clock= is for Python callers only.
+URL_OPTIONS = UrlOptions({"timeout": number})
 
 
 class _TimedLock:

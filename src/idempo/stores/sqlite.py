@@ -36,9 +36,11 @@ from idempo.stores import _rows as rows
 from idempo.stores._rows import RECORD_FORMAT
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, boolean, choice, number, text
 
 __all__ = [
     "RECORD_FORMAT",
+    "URL_OPTIONS",
     "SCHEMA_VERSION",
     "AsyncSQLiteStore",
     "SQLiteStore",
@@ -58,6 +60,15 @@ _META = "idempo_schema"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+# What sqlite:///path.db?... may carry (see idempo.stores._url).
+URL_OPTIONS = UrlOptions(
+    {
+        "timeout": number,
+        "table": text,
+        "synchronous": choice(*_SYNCHRONOUS),
+        "auto_migrate": boolean,
+    }
+)
 # Primary result codes that mean "the data cannot be reached", not "the data is wrong".
 _UNAVAILABLE = {
     sqlite3.SQLITE_PERM,

@@ -95,8 +95,8 @@ class MySQLStore:
     def from_url(cls, url: str, **options: Any) -> MySQLStore:
         """A store for ``mysql://user:password@host:port/database``.
 
-        User and password are percent-decoded. The URL takes no query string: pass driver
-        options as keyword arguments (they override the URL's parts too).
+        User and password are percent-decoded. Options are keyword arguments (they override the
+        URL's parts too); :func:`~idempo.stores.open_store` also reads them from the URL's query.
         """
         return cls(**{**_pool.connect_kwargs(url), **options})
 
