@@ -1,0 +1,174 @@
+"""Bounded store operations (DESIGN section 4): a stalled server gives StoreUnavailableError
+within the store's ``timeout``, never a request that hangs, and the store recovers with it.
+
+The servers are the tests' own (tests/_servers.py), started on free ports and paused with
+SIGSTOP: a stopped server keeps its sockets and its kernel still acknowledges TCP, so nothing
+but a client-side deadline can end the wait. The shared services are never paused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from idempo import open_async_store, open_store
+from idempo.core.records import ClaimStatus
+from idempo.errors import StoreUnavailableError
+from idempo.wsgi import IdempotencyMiddleware
+from tests._servers import Server, mariadb_server, postgres_server
+
+TIMEOUT = 1.0
+# What a deadline may overrun: the watchdog's tick, a thread switch, a busy 2-core machine.
+SLACK = 1.5
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Server]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mariadb() -> Iterator[Server]:
+    if shutil.which("mariadbd") is None or shutil.which("mariadb-install-db") is None:
+        pytest.skip("MariaDB server binaries are not installed")
+    with mariadb_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def server(request: pytest.FixtureRequest) -> Server:
+    """Each networked SQL store's own server (Redis: tests/test_store_redis*.py)."""
+    name = "postgres" if request.param == "postgres" else "mariadb"
+    found: Server = request.getfixturevalue(name)
+    return found
+
+
+def _url(server: Server, **options: Any) -> str:
+    """The server's URL with a fresh schema or table and ``options`` in its query."""
+    isolate = "schema" if server.url.startswith("postgresql") else "table"
+    query = {isolate: f"idempo_t_{secrets.token_hex(4)}", "timeout": TIMEOUT, **options}
+    return server.url + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def _claim(store: Any, key: str) -> Any:
+    return store.claim("s", key, "fp", secrets.token_hex(8), lease=30, ttl=60)
+
+
+class _Elapsed:
+    seconds = 0.0
+
+
+@contextlib.contextmanager
+def elapsed() -> Iterator[_Elapsed]:
+    """Measures the block it wraps, whether it raises or not."""
+    took = _Elapsed()
+    started = time.monotonic()
+    try:
+        yield took
+    finally:
+        took.seconds = time.monotonic() - started
+
+
+def test_sync_store_on_a_stalled_server_fails_within_the_timeout(server: Server) -> None:
+    """Sync: each operation on a paused server gives StoreUnavailableError within timeout."""
+    store = open_store(_url(server))
+    try:
+        assert _claim(store, "before").status is ClaimStatus.ACQUIRED  # warm: a pooled conn
+        with server.stalled():
+            for key in ("first", "second"):  # the second needs a new connection
+                with elapsed() as took, pytest.raises(StoreUnavailableError):
+                    _claim(store, key)
+                assert took.seconds < TIMEOUT + SLACK, (key, took.seconds)
+        # Recovered, and no reply of the stalled statements is read by the next ones.
+        assert _claim(store, "after").status is ClaimStatus.ACQUIRED
+        assert store.get("s", "before") is not None
+        assert store.get("s", "nothing") is None
+    finally:
+        store.close()
+
+
+async def test_async_store_on_a_stalled_server_fails_within_the_timeout(server: Server) -> None:
+    """Async: each operation on a paused server gives StoreUnavailableError within timeout."""
+    store = open_async_store(_url(server))
+    try:
+        first = await store.claim("s", "before", "fp", "t1", lease=30, ttl=60)
+        assert first.status is ClaimStatus.ACQUIRED
+        with server.stalled():
+            for key in ("first", "second"):
+                with elapsed() as took, pytest.raises(StoreUnavailableError):
+                    await store.claim("s", key, "fp", "t2", lease=30, ttl=60)
+                assert took.seconds < TIMEOUT + SLACK, (key, took.seconds)
+        after = await store.claim("s", "after", "fp", "t3", lease=30, ttl=60)
+        assert after.status is ClaimStatus.ACQUIRED
+        assert await store.get("s", "before") is not None
+        assert await store.get("s", "nothing") is None
+    finally:
+        await store.close()
+
+
+def test_a_store_first_used_while_the_server_is_stalled_fails_within_the_timeout(
+    server: Server,
+) -> None:
+    """Opening connections is bounded too: a fresh store's first operation on a paused server
+    fails within about the timeout, then works once the server runs again."""
+    store = open_store(_url(server, auto_migrate="false"))
+    warm = open_store(_url(server))  # a schema for the fresh store to find once it recovers
+    try:
+        warm.migrate()
+        with server.stalled(), elapsed() as took, pytest.raises(StoreUnavailableError):
+            store.get("s", "k")
+        # PostgreSQL's connect_timeout counts whole seconds, and at least 2.
+        assert took.seconds < max(TIMEOUT, 2) + SLACK, took.seconds
+    finally:
+        store.close()
+        warm.close()
+
+
+def test_the_timeout_defaults_to_5_seconds(server: Server) -> None:
+    """Without timeout=, every store bounds its operations by 5 seconds (DESIGN section 4)."""
+    store = open_store(server.url)
+    try:
+        assert store._timeout == 5.0  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
+def test_wsgi_middleware_over_a_stalled_store_answers_503_within_the_bound(
+    postgres: Server,
+) -> None:
+    """HTTP: over a paused PostgreSQL the middleware answers 503 + Retry-After within the
+    store's timeout, and the handler does not run; once resumed, requests are served again."""
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ran.append(environ["PATH_INFO"])
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"charged"]
+
+    middleware = IdempotencyMiddleware(app, store=_url(postgres))
+    client = Client(middleware)
+    try:
+        assert client.post("/warm", headers={"Idempotency-Key": '"w"'}).status_code == 201
+        with postgres.stalled(), elapsed() as took:
+            response = client.post("/charge", headers={"Idempotency-Key": '"k"'})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert took.seconds < TIMEOUT + SLACK, took.seconds
+        assert ran == ["/warm"]
+        # A new key: the paused server still holds the stalled claim in its socket buffer and
+        # writes it once resumed, after the client gave up (a lost reply: issue 8 item 3).
+        assert client.post("/charge", headers={"Idempotency-Key": '"k2"'}).status_code == 201
+        assert ran == ["/warm", "/charge"]
+    finally:
+        middleware.close()
