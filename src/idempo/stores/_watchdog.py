@@ -26,7 +26,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 from idempo.errors import StoreUnavailableError
 
@@ -39,14 +38,40 @@ _IDLE_TICKS = 200
 
 
 class Watch:
-    """One watched round trip. ``fired`` is set once its socket has been shut down."""
+    """One watched round trip, entered with ``with``. ``fired`` is set once its socket has
+    been shut down. A class rather than a generator context manager: it wraps every statement.
+    """
 
-    __slots__ = ("deadline", "fd", "fired")
+    __slots__ = ("deadline", "fd", "fired", "timeout", "watchdog", "what")
 
-    def __init__(self, fd: int, deadline: float) -> None:
+    def __init__(self, watchdog: Watchdog, fd: int, timeout: float, what: str) -> None:
+        self.watchdog = watchdog
         self.fd = fd
-        self.deadline = deadline
+        self.timeout = timeout
+        self.what = what
+        self.deadline = 0.0
         self.fired = False
+
+    def __enter__(self) -> Watch:
+        self.fd = os.dup(self.fd)
+        self.deadline = time.monotonic() + self.timeout
+        try:
+            self.watchdog._arm(self)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.watchdog._disarm(self)
+        os.close(self.fd)  # after the disarm: the thread touches only watched fds
+        if self.fired and isinstance(exc, Exception):
+            raise StoreUnavailableError(
+                f"{self.what}: no reply within timeout={self.timeout:g}s (the server is stalled"
+                " or unreachable; the connection was discarded)"
+            ) from exc
 
 
 class Watchdog:
@@ -64,35 +89,26 @@ class Watchdog:
         self._watches = set()
         self._running = False
 
-    @contextlib.contextmanager
-    def guard(self, fd: int, timeout: float, what: str) -> Iterator[Watch]:
-        """Watch the round trip on socket ``fd`` for ``timeout`` seconds.
+    def guard(self, fd: int, timeout: float, what: str) -> Watch:
+        """Watch the round trip on socket ``fd`` for ``timeout`` seconds (``with`` it).
 
         If the deadline passed and the block raised (the driver saw the socket shut down), the
         error becomes StoreUnavailableError naming ``what``. The caller must discard the
         connection whenever ``watch.fired`` is set, even when no error was raised (the reply
         may have arrived just as the socket was shut down).
         """
-        watch = Watch(os.dup(fd), time.monotonic() + timeout)
-        try:
-            with self._lock:
-                self._watches.add(watch)
-                if not self._running:
-                    self._running = True
-                    threading.Thread(target=self._run, name="idempo-watchdog", daemon=True).start()
-            try:
-                yield watch
-            except Exception as exc:
-                if watch.fired:
-                    raise StoreUnavailableError(
-                        f"{what}: no reply within timeout={timeout:g}s (the server is stalled or"
-                        " unreachable; the connection was discarded)"
-                    ) from exc
-                raise
-        finally:
-            with self._lock:
-                self._watches.discard(watch)
-            os.close(watch.fd)  # after the discard: the thread touches only watched fds
+        return Watch(self, fd, timeout, what)
+
+    def _arm(self, watch: Watch) -> None:
+        with self._lock:
+            self._watches.add(watch)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="idempo-watchdog", daemon=True).start()
+
+    def _disarm(self, watch: Watch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
 
     def _run(self) -> None:
         idle = 0
