@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from werkzeug.test import Client
 from idempo import open_async_store, open_store
 from idempo.core.records import ClaimStatus
 from idempo.errors import StoreUnavailableError
+from idempo.stores._watchdog import WATCHDOG
 from idempo.wsgi import IdempotencyMiddleware
 from tests._servers import Server, mariadb_server, postgres_server
 
@@ -210,3 +213,56 @@ def test_wsgi_middleware_over_a_stalled_store_answers_503_within_the_bound(
         assert ran == ["/warm", "/charge"]
     finally:
         middleware.close()
+
+
+def _silent_read(timeout: float, then_raise: BaseException | None = None) -> bool:
+    """A guarded read on a socket whose peer never writes; whether the watch fired."""
+    ours, peer = socket.socketpair()
+    try:
+        with WATCHDOG.guard(ours.fileno(), timeout, "test") as watch:
+            assert ours.recv(1) == b""  # woken by the shutdown, not by a reply
+            if then_raise is not None:
+                raise then_raise
+        return watch.fired
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_the_watchdog_shuts_down_a_silent_socket_at_its_deadline() -> None:
+    """A read that no reply ends is woken at the deadline (end-of-file), and ``fired`` says so;
+    an error raised meanwhile becomes StoreUnavailableError naming the operation."""
+    with elapsed() as took:
+        assert _silent_read(0.3)
+    assert 0.25 < took.seconds < 0.3 + SLACK
+    lost = OSError("the driver saw the connection end")
+    with pytest.raises(StoreUnavailableError, match=r"test: no reply within timeout=0\.3s"):
+        _silent_read(0.3, lost)
+
+
+def test_the_watchdog_leaves_a_round_trip_that_ends_in_time_alone() -> None:
+    """A round trip that ends before its deadline is not touched, even after the deadline has
+    passed, and an error of its own passes through unchanged."""
+    ours, peer = socket.socketpair()
+    try:
+        with pytest.raises(ValueError, match="not a store error"):
+            _answered(ours, peer, ValueError("not a store error"))
+        watch = _answered(ours, peer)
+        threading.Event().wait(0.4)  # past the deadline: a disarmed watch must not fire late
+        assert not watch.fired
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ours.recv(1)  # open, nothing to read; a shut-down socket would read b""
+    finally:
+        ours.close()
+        peer.close()
+
+
+def _answered(ours: socket.socket, peer: socket.socket, error: Exception | None = None) -> Any:
+    """A round trip guarded for 0.2 s and answered at once; its watch."""
+    with WATCHDOG.guard(ours.fileno(), 0.2, "test") as watch:
+        peer.send(b"x")
+        assert ours.recv(1) == b"x"
+        if error is not None:
+            raise error
+    return watch
