@@ -184,8 +184,8 @@ def _served(response: Any) -> Any:
 def test_wsgi_middleware_over_a_stalled_store_answers_503_within_the_bound(
     postgres: Server,
 ) -> None:
-    """HTTP: over a paused PostgreSQL the middleware answers 503 + Retry-After within the
-    store's timeout, and the handler does not run; once resumed, requests are served again."""
+    """HTTP: over a paused PostgreSQL the middleware answers 503 + Retry-After within its
+    store round trips' bounds, and the handler does not run; once resumed, it serves again."""
     ran: list[str] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -202,7 +202,9 @@ def test_wsgi_middleware_over_a_stalled_store_answers_503_within_the_bound(
         assert response.status_code == 503
         assert response.headers["Retry-After"]
         assert response.headers["Content-Type"] == "application/problem+json"
-        assert took.seconds < TIMEOUT + SLACK, took.seconds
+        # Two bounded round trips: the claim, then the engine's best-effort release of that
+        # claim, whose reply may be all that was lost (it may have been written).
+        assert took.seconds < 2 * TIMEOUT + SLACK, took.seconds
         assert ran == ["/warm"]
         # A new key: the paused server still holds the stalled claim in its socket buffer and
         # writes it once resumed, after the client gave up (a lost reply: issue 8 item 3).
