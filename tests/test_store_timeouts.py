@@ -268,3 +268,22 @@ def _answered(ours: socket.socket, peer: socket.socket, error: Exception | None 
         if error is not None:
             raise error
     return watch
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://",
+        "sqlite://:memory:",
+        pytest.param("postgresql://postgres@127.0.0.1:1/none", marks=pytest.mark.postgres),
+        pytest.param("mysql://root@127.0.0.1:1/none", marks=pytest.mark.mysql),
+    ],
+)
+@pytest.mark.parametrize("timeout", [0, -1])
+def test_a_timeout_that_bounds_nothing_is_refused(url: str, timeout: float) -> None:
+    """timeout= must be a positive number of seconds (SQLite: >= 0, where 0 means no wait)."""
+    if url.startswith("sqlite") and timeout == 0:
+        open_store(url, timeout=0).close()
+        return
+    with pytest.raises(ValueError, match="timeout must be"):
+        open_store(url, timeout=timeout)
