@@ -13,18 +13,51 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from idempo.core.records import Record
+from idempo.errors import StoreUnavailableError
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, number
 
-__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+__all__ = ["URL_OPTIONS", "AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+
+# What memory://?... may carry (see idempo.stores._url); clock= is for Python callers only.
+URL_OPTIONS = UrlOptions({"timeout": number})
+
+
+class _TimedLock:
+    """A lock whose ``with`` gives up after ``timeout`` seconds. A class, not a generator
+    context manager: it is entered on every operation of the fastest store."""
+
+    __slots__ = ("_lock", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self.timeout = timeout
+
+    def __enter__(self) -> bool:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StoreUnavailableError(
+                f"the memory store stayed locked longer than timeout={self.timeout:g}s"
+            )
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
 
 
 class MemoryStore(TransitionalStore[bool]):
-    """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds."""
+    """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds.
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    ``timeout`` (seconds, default 5), as on every store, bounds the wait for the store's lock:
+    it is held for microseconds, so only a thread stuck inside an operation (a debugger, a
+    clock that blocks) makes another give up with StoreUnavailableError.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, timeout: float = 5.0) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         self._records: dict[tuple[str, str], Record] = {}
-        self._lock = threading.Lock()
+        self._lock = _TimedLock(float(timeout))
         self._clock = clock
 
     # -- the hooks of TransitionalStore: one lock around a dict ---------------------------------

@@ -3,7 +3,7 @@
 Safe across the threads and processes of one host. Every operation is one ``BEGIN IMMEDIATE``
 transaction: the write lock is taken before the record is read, so two claimers can never both
 see it absent. The file runs in WAL mode (readers never wait for the writer) and waiting for the
-lock is bounded by ``busy_timeout``; past it the operation raises
+lock is bounded by ``timeout``; past it the operation raises
 :class:`~idempo.errors.StoreUnavailableError` and has written nothing. Not for network file
 systems: their locks are unreliable and WAL needs memory shared between the processes.
 
@@ -36,9 +36,11 @@ from idempo.stores import _rows as rows
 from idempo.stores._rows import RECORD_FORMAT
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, boolean, choice, number, text
 
 __all__ = [
     "RECORD_FORMAT",
+    "URL_OPTIONS",
     "SCHEMA_VERSION",
     "AsyncSQLiteStore",
     "SQLiteStore",
@@ -58,6 +60,15 @@ _META = "idempo_schema"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+# What sqlite:///path.db?... may carry (see idempo.stores._url).
+URL_OPTIONS = UrlOptions(
+    {
+        "timeout": number,
+        "table": text,
+        "synchronous": choice(*_SYNCHRONOUS),
+        "auto_migrate": boolean,
+    }
+)
 # Primary result codes that mean "the data cannot be reached", not "the data is wrong".
 _UNAVAILABLE = {
     sqlite3.SQLITE_PERM,
@@ -109,8 +120,9 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
 
     ``path`` is a file (created if missing; its directory must exist) or ``":memory:"`` for a
     private in-memory database shared by this store's threads and gone when it is closed.
-    ``table`` names the records table. ``busy_timeout`` (seconds) bounds the wait for another
-    connection's write lock. ``synchronous`` is ``"NORMAL"``, ``"FULL"`` or ``"EXTRA"`` (see the
+    ``table`` names the records table. ``timeout`` (seconds, default 5) bounds the wait for
+    another connection's write lock (``busy_timeout``, its older name, is accepted too; give one
+    of the two). ``synchronous`` is ``"NORMAL"``, ``"FULL"`` or ``"EXTRA"`` (see the
     module docstring). ``auto_migrate`` creates the schema on first use; without it call
     :meth:`migrate` once (a deployment step).
 
@@ -123,20 +135,25 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         path: str | os.PathLike[str] = ":memory:",
         *,
         table: str = "idempo_records",
-        busy_timeout: float = 5.0,
+        timeout: float | None = None,
         synchronous: str = "NORMAL",
         auto_migrate: bool = True,
+        busy_timeout: float | None = None,
     ) -> None:
+        if timeout is not None and busy_timeout is not None:
+            raise TypeError("give timeout= or its older name busy_timeout=, not both")
+        if timeout is None:
+            timeout = 5.0 if busy_timeout is None else busy_timeout
         if not _IDENTIFIER.fullmatch(table) or table.lower().startswith(("sqlite_", _META)):
             raise ValueError(f"table must be a plain identifier (letters, digits, _): {table!r}")
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
-        if busy_timeout < 0:
-            raise ValueError("busy_timeout must be >= 0 seconds")
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0 seconds")
         self.path = os.fspath(path)
         self.table = table
         self._memory = self.path == ":memory:"
-        self._busy_timeout = float(busy_timeout)
+        self._busy_timeout = float(timeout)
         self._synchronous = synchronous.upper()
         self._auto_migrate = auto_migrate
         self._local = threading.local()
@@ -232,7 +249,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         if self._auto_migrate and not self._ready:
             if conn.in_transaction:
                 # The caller may already hold the write lock, which our own connection would
-                # wait for until busy_timeout: create the schema in the caller's transaction
+                # wait for until the timeout: create the schema in the caller's transaction
                 # instead (it commits with it; _ready stays unset, so the next bind checks again).
                 try:
                     if self._check_version(conn) < SCHEMA_VERSION:
@@ -281,7 +298,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         if not self._turns.acquire(timeout=self._busy_timeout):
             raise StoreUnavailableError(
                 f"the in-memory SQLite store stayed busy longer than"
-                f" busy_timeout={self._busy_timeout:g}s"
+                f" timeout={self._busy_timeout:g}s"
             )
         try:
             yield
@@ -314,8 +331,8 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # The mode is stored in the file, so once is enough. Switching needs an exclusive lock
         # and SQLite reports "locked" at once, without its busy handler, while another
-        # connection (another process opening the same new file) reads: retry until
-        # busy_timeout.
+        # connection (another process opening the same new file) reads: retry until the
+        # timeout.
         deadline = time.monotonic() + self._busy_timeout
         while True:
             try:
@@ -419,7 +436,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         message = str(exc)
         if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
             return StoreUnavailableError(
-                f"{self._where()} stayed locked longer than busy_timeout={self._busy_timeout:g}s"
+                f"{self._where()} stayed locked longer than timeout={self._busy_timeout:g}s"
                 f" (another connection holds a long write transaction): {message}"
             )
         if primary in _UNAVAILABLE or "unable to open" in message:
@@ -434,7 +451,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
 
 @contextlib.contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, its lock taken up front (waiting up to busy_timeout for it)."""
+    """One write transaction, its lock taken up front (waiting up to the timeout for it)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
