@@ -35,6 +35,9 @@ from redis.exceptions import NoScriptError, RedisError
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError
 from idempo.stores import _redis_lua as lua
+from idempo.stores import _redis_scan as rscan
+from idempo.stores import _scan
+from idempo.stores.base import Page, Stats
 
 __all__ = ["RedisStore"]
 
@@ -232,6 +235,65 @@ class RedisStore:
         """Nothing to do: every record carries PEXPIREAT its expires_at, so Redis removes it
         itself (and the scripts treat a record past expires_at as absent until it does)."""
         return 0
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """One SCAN page of the prefix (MATCH on the scope's keys when ``scope`` is given,
+        COUNT ``limit``), then its records in one pipeline: two round trips (see
+        :mod:`idempo.stores._redis_scan`). The cursor is Redis's own. SCAN may return a key
+        twice, and a few more than COUNT."""
+        state = _scan.check(state, limit, older_than)
+        after = rscan.position(cursor)
+        at, redis_keys, replies = self._page(after, scope, limit, rscan.SCAN_FIELDS)
+        now = rscan.clock(replies[0])
+        found = (rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies[1:], strict=True))
+        records = tuple(r for r in found if r and _scan.shown(r, now, state, older_than))
+        return Page(records, None if at == 0 else str(at), now)
+
+    def stats(self) -> Stats:
+        """Counted over a SCAN of the prefix, 1000 keys a page (two round trips each; see
+        :mod:`idempo.stores._redis_scan` for the cost), by the clock of the first page. No
+        counters are kept: an INCR per claim on one shared key would add a write to every
+        operation (and a second key, which a Cluster script may not touch), and keys that
+        Redis expires by itself would leave the counts wrong."""
+        counter: _scan.Counter | None = None
+        at = 0
+        while True:
+            at, redis_keys, replies = self._page(at, None, 1000, rscan.STATS_FIELDS)
+            if counter is None:
+                counter = _scan.Counter(rscan.clock(replies[0]))
+            rscan.count(counter, self.prefix, redis_keys, replies[1:])
+            if at == 0:
+                return counter.stats()
+
+    def _page(
+        self, at: int, scope: str | None, count: int, fields: tuple[str, ...]
+    ) -> tuple[int, list[bytes], list[Any]]:
+        """SCAN from ``at``; then TIME and an HMGET of ``fields`` per key, pipelined."""
+        if isinstance(self.client, RedisCluster):
+            raise StoreError("scan and stats need a plain Redis client, not RedisCluster")
+        try:
+            at, redis_keys = self.client.scan(
+                at, match=rscan.match(self.prefix, scope), count=count
+            )
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for redis_key in redis_keys:
+                    pipe.hmget(redis_key, fields)
+                # A key under the prefix that is no hash answers WRONGTYPE: it is skipped.
+                replies = pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise lua.translated(exc) from exc
+        if isinstance(replies[0], RedisError):
+            raise lua.translated(replies[0])
+        return int(at), [k if isinstance(k, bytes) else k.encode() for k in redis_keys], replies
 
     def migrate(self) -> None:
         """Nothing to create: records are self-describing hashes (schema field ``v``)."""
