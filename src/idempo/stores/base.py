@@ -45,14 +45,15 @@ Two operations serve operators, not requests (the ``idempo keys list`` and ``ide
 commands, dashboards, ``idempo recover --stalled``):
 
 ``scan(state=, scope=, older_than=, cursor=, limit=)`` returns one :class:`Page` of live records
-(in (scope, key) order, except on Redis, which lists in SCAN's order), filtered by state, by scope and by age (``older_than``: created at least
-that many seconds ago by the store's clock). Pass ``page.cursor`` back for the next page; the
-listing is over when it is None. The cursor is opaque: only the store that made it reads it. A
-page examines at most ``limit`` stored records (index-backed: a page never loads the table),
-so a page may hold fewer records than ``limit``, even none, before the end. Records come
-without their fencing token and without their outcome (``get`` one for its outcome). A listing
-is not a snapshot: a record written while it runs may or may not appear; on Redis (whose SCAN
-it is) one may even appear twice, and a page may hold a few more than ``limit``.
+(in (scope, key) order, except on Redis, which lists in SCAN's order), filtered by state, by
+scope and by age (``older_than``: created at least that many seconds ago by the store's clock).
+Pass ``page.cursor`` back for the next page; the listing is over when it is None. The cursor is
+opaque: only the store that made it reads it. A page examines at most ``limit`` stored records
+(index-backed: a page never loads the table), so a page may hold fewer records than ``limit``,
+even none, before the end. Records come without their fencing token and without their outcome
+(``get`` one for its outcome). A listing is not a snapshot: a record written while it runs may
+or may not appear; on Redis (whose SCAN it is) one may even appear twice, and a page may hold a
+few more than ``limit``.
 
 ``stats()`` returns :class:`Stats`: live records by state, how many of the in-progress ones are
 *stalled* (lease run out, nobody took over: a crashed holder), expired records not purged yet,

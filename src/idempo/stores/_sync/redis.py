@@ -253,7 +253,9 @@ class RedisStore:
         after = rscan.position(cursor)
         at, redis_keys, replies = self._page(after, scope, limit, rscan.SCAN_FIELDS)
         now = rscan.clock(replies[0])
-        found = (rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies[1:], strict=True))
+        found = (
+            rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies[1:], strict=True)
+        )
         records = tuple(r for r in found if r and _scan.shown(r, now, state, older_than))
         return Page(records, None if at == 0 else str(at), now)
 
