@@ -444,7 +444,7 @@ def test_migration_sql_script_creates_the_same_schema(schema: str) -> None:
         assert migrate.call_count == 0
     finally:
         store.close()
-    assert _objects(schema) == (1, 2, 1)
+    assert _objects(schema) == (1, 3, 1)
 
 
 def test_application_role_needs_no_ddl_privileges(schema: str) -> None:
