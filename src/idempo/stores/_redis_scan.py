@@ -3,9 +3,12 @@
 Pure helpers for both store classes (:mod:`idempo.stores._async.redis` and its generated twin).
 Scan and stats cannot be one script: a script may touch only the keys it declares (Redis
 Cluster enforces it), and the keys are what SCAN finds. So a page is two round trips, SCAN and
-then one pipeline of ``TIME`` and an ``HMGET`` per key found. SCAN walks the whole keyspace of
-the database (MATCH filters what it returns, not what it visits), so a full listing or a stats
-call costs about (keys in the database) / COUNT pages, however few of them are idempo's.
+then one pipeline of ``TIME`` and an ``HMGET`` per key found (on Redis Cluster three: ``TIME``
+on its own, as a cluster pipeline refuses it; then SCAN of one primary, the primaries one after
+the other, and the HMGETs; a listing across a resharding or failover may miss or repeat
+records, and a cursor from before a change of primaries may be refused). SCAN walks the whole
+keyspace of the database (MATCH filters what it returns, not what it visits), so a full listing
+or a stats call costs about (keys in the database) / COUNT pages, however few are idempo's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ from idempo.errors import StoreError
 from idempo.stores import _rows as rows
 from idempo.stores._scan import Counter
 
-__all__ = ["SCAN_FIELDS", "STATS_FIELDS", "clock", "count", "match", "position", "record"]
+__all__ = [
+    "SCAN_FIELDS",
+    "STATS_FIELDS",
+    "clock",
+    "cluster_cursor",
+    "cluster_position",
+    "count",
+    "match",
+    "position",
+    "record",
+]
 
 # What a listing shows: no token, no outcome (an outcome may be megabytes).
 SCAN_FIELDS = (
@@ -49,6 +62,24 @@ def position(cursor: str | None) -> int:
     if not cursor.isdigit():
         raise ValueError(f"not a cursor this store gave: {cursor!r}")
     return int(cursor)
+
+
+def cluster_position(cursor: str | None, primaries: int) -> tuple[int, int]:
+    """(which primary, its SCAN cursor) of a Redis Cluster page cursor ``"<index>-<cursor>"``:
+    the primaries are listed one after the other, in the order of their names."""
+    if cursor is None:
+        return 0, 0
+    index, sep, at = cursor.partition("-")
+    if not sep or not index.isdigit() or not at.isdigit() or int(index) >= primaries:
+        raise ValueError(f"not a cursor this store gave (or the cluster changed): {cursor!r}")
+    return int(index), int(at)
+
+
+def cluster_cursor(index: int, at: int, primaries: int) -> str | None:
+    """The page cursor after SCAN answered ``at`` on primary ``index`` (None: all done)."""
+    if at:
+        return f"{index}-{at}"
+    return f"{index + 1}-0" if index + 1 < primaries else None
 
 
 def clock(reply: Any) -> float:

@@ -246,18 +246,17 @@ class RedisStore:
         limit: int = 100,
     ) -> Page:
         """One SCAN page of the prefix (MATCH on the scope's keys when ``scope`` is given,
-        COUNT ``limit``), then its records in one pipeline: two round trips (see
-        :mod:`idempo.stores._redis_scan`). The cursor is Redis's own. SCAN may return a key
-        twice, and a few more than COUNT."""
+        COUNT ``limit``), then its records in one pipeline: two round trips, three on Redis
+        Cluster (see :mod:`idempo.stores._redis_scan`). The cursor is Redis's own (on a
+        cluster, with the primary it is at). SCAN may return a key twice, and a few more than
+        COUNT."""
         state = _scan.check(state, limit, older_than)
-        after = rscan.position(cursor)
-        at, redis_keys, replies = self._page(after, scope, limit, rscan.SCAN_FIELDS)
-        now = rscan.clock(replies[0])
-        found = (
-            rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies[1:], strict=True)
+        following, now, redis_keys, replies = self._page(
+            cursor, scope, limit, rscan.SCAN_FIELDS
         )
+        found = (rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies, strict=True))
         records = tuple(r for r in found if r and _scan.shown(r, now, state, older_than))
-        return Page(records, None if at == 0 else str(at), now)
+        return Page(records, following, now)
 
     def stats(self) -> Stats:
         """Counted over a SCAN of the prefix, 1000 keys a page (two round trips each; see
@@ -265,37 +264,58 @@ class RedisStore:
         counters are kept: an INCR per claim on one shared key would add a write to every
         operation (and a second key, which a Cluster script may not touch), and keys that
         Redis expires by itself would leave the counts wrong."""
-        counter: _scan.Counter | None = None
-        at = 0
+        following, now, redis_keys, replies = self._page(None, None, 1000, rscan.STATS_FIELDS)
+        counter = _scan.Counter(now)
         while True:
-            at, redis_keys, replies = self._page(at, None, 1000, rscan.STATS_FIELDS)
-            if counter is None:
-                counter = _scan.Counter(rscan.clock(replies[0]))
-            rscan.count(counter, self.prefix, redis_keys, replies[1:])
-            if at == 0:
+            rscan.count(counter, self.prefix, redis_keys, replies)
+            if following is None:
                 return counter.stats()
+            following, _, redis_keys, replies = self._page(
+                following, None, 1000, rscan.STATS_FIELDS
+            )
 
     def _page(
-        self, at: int, scope: str | None, count: int, fields: tuple[str, ...]
-    ) -> tuple[int, list[bytes], list[Any]]:
-        """SCAN from ``at``; then TIME and an HMGET of ``fields`` per key, pipelined."""
-        if isinstance(self.client, RedisCluster):
-            raise StoreError("scan and stats need a plain Redis client, not RedisCluster")
+        self, cursor: str | None, scope: str | None, count: int, fields: tuple[str, ...]
+    ) -> tuple[str | None, float, list[bytes], list[Any]]:
+        """One SCAN step from ``cursor``, then an HMGET of ``fields`` per key found, pipelined:
+        (the next cursor or None, the server's clock, the keys, their replies)."""
+        pattern = rscan.match(self.prefix, scope)
         try:
-            at, redis_keys = self.client.scan(
-                at, match=rscan.match(self.prefix, scope), count=count
-            )
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.time()
-                for redis_key in redis_keys:
-                    pipe.hmget(redis_key, fields)
-                # A key under the prefix that is no hash answers WRONGTYPE: it is skipped.
-                replies = pipe.execute(raise_on_error=False)
+            if isinstance(self.client, RedisCluster):
+                # A cluster pipeline refuses TIME, and TIME also makes a new client learn the
+                # topology: one round trip more, then SCAN one primary at a time.
+                # redis-py types the cluster client loosely (SCAN answers {node name: cursor}).
+                cluster: Any = self.client
+                now = rscan.clock(cluster.time())
+                primaries = sorted(cluster.get_primaries(), key=lambda n: str(n.name))
+                index, at = rscan.cluster_position(cursor, len(primaries))
+                node = primaries[index]
+                ats, redis_keys = cluster.scan(
+                    at, match=pattern, count=count, target_nodes=node
+                )
+                following = rscan.cluster_cursor(index, int(ats[node.name]), len(primaries))
+                with cluster.pipeline() as pipe:
+                    for redis_key in redis_keys:
+                        pipe.hmget(redis_key, fields)
+                    replies = pipe.execute(raise_on_error=False)
+            else:
+                at, redis_keys = self.client.scan(
+                    rscan.position(cursor), match=pattern, count=count
+                )
+                following = str(at) if int(at) else None
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.time()
+                    for redis_key in redis_keys:
+                        pipe.hmget(redis_key, fields)
+                    # A key under the prefix that is no hash answers WRONGTYPE: it is skipped.
+                    time_reply, *replies = pipe.execute(raise_on_error=False)
+                if isinstance(time_reply, RedisError):
+                    raise time_reply
+                now = rscan.clock(time_reply)
         except (RedisError, OSError) as exc:
             raise lua.translated(exc) from exc
-        if isinstance(replies[0], RedisError):
-            raise lua.translated(replies[0])
-        return int(at), [k if isinstance(k, bytes) else k.encode() for k in redis_keys], replies
+        keys = [k if isinstance(k, bytes) else k.encode() for k in redis_keys]
+        return following, now, keys, replies
 
     def migrate(self) -> None:
         """Nothing to create: records are self-describing hashes (schema field ``v``)."""
