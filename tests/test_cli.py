@@ -410,6 +410,25 @@ def test_recover_stalled_reports_failures(
     assert error == "Error: 1 of 1 operations did not complete"
 
 
+def test_recover_passes_scope_only_when_asked(
+    stalled_env: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named KEYs: fn(key) as before; with --scope, fn(key, scope=S), refused (exit 2) for a
+    function that takes no scope."""
+    monkeypatch.setenv("IDEMPO_STALLED_FAIL", "1")
+    with pytest.raises(RuntimeError):
+        stalled_target.ship("o-2", scope="tenant")
+    monkeypatch.setenv("IDEMPO_STALLED_FAIL", "0")
+    target = "tests.stalled_target:ship"
+    result = run("recover", "--call", target, "--scope", "tenant", "o-2")
+    assert result.exit_code == 0, result.output
+    assert result.output == "o-2: done: 'shipped o-2'\n"
+    assert stalled_target.RUNS["charge tenant/o-2"] == 1
+    refused = run("recover", "--call", "tests.stalled_target:ship_unscoped", "--scope", "t", "k")
+    assert refused.exit_code == 2
+    assert "takes no scope= argument" in refused.output
+
+
 def test_recover_needs_keys_or_stalled_and_a_store() -> None:
     """KEYs and --stalled exclude each other; --stalled needs --store: usage errors, exit 2."""
     target = "tests.stalled_target:ship"

@@ -312,10 +312,10 @@ def recover(
     """Resume interrupted multi-step operations from their last recovery point.
 
     TARGET is your function taking one idempotency key (and, if it declares one, a ``scope``
-    keyword); it declares the phases and calls ``idem.run_phases``, which takes over the crashed
-    holder's claim (once its lease runs out, waiting if the Idempotency has wait=) and continues
-    after the last committed phase. A key that already completed is replayed, so recovering
-    twice is harmless.
+    keyword: passed with --scope or --stalled); it declares the phases and calls
+    ``idem.run_phases``, which takes over the crashed holder's claim (once its lease runs out,
+    waiting if the Idempotency has wait=) and continues after the last committed phase. A key
+    that already completed is replayed, so recovering twice is harmless.
 
     With --stalled, the keys are found in the store: in-progress records with a recovery point
     whose lease ran out (a worker crashed, or a phase failed, mid-operation).
@@ -326,15 +326,19 @@ def recover(
         raise click.UsageError("--stalled needs --store URL: the store to look in")
     fn = _load(target)
     takes_scope = _takes_scope(fn)
+    if scope is not None and not takes_scope and not stalled:
+        raise click.UsageError(f"--scope: {target} takes no scope= argument")
     if stalled:
         assert url is not None
         found = _stalled(url, scope if scope is not None or takes_scope else "")
     else:
         found = [(scope or "", key) for key in keys]
+    # Named keys without --scope: called as before, fn(key), whatever the function takes.
+    pass_scope = takes_scope and (stalled or scope is not None)
     results, failed = [], 0
     for record_scope, key in found:
         try:
-            result = fn(key, scope=record_scope) if takes_scope else fn(key)
+            result = fn(key, scope=record_scope) if pass_scope else fn(key)
         except Exception as exc:  # report every key, then fail
             failed += 1
             error = f"{type(exc).__name__}: {exc}"
@@ -369,13 +373,13 @@ def _load(target: str) -> Callable[..., Any]:
 
 
 def _takes_scope(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` declares a ``scope`` parameter (``**kwargs`` does not count: it may
+    forward the argument somewhere that does not expect it)."""
     try:
-        parameters = inspect.signature(fn).parameters
+        parameter = inspect.signature(fn).parameters.get("scope")
     except (TypeError, ValueError):
         return False
-    return "scope" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
+    return parameter is not None and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
 
 
 def _stalled(url: str, scope: str | None) -> list[tuple[str, str]]:
