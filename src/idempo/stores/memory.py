@@ -29,7 +29,9 @@ class MemoryStore(TransitionalStore[bool]):
         self._records: dict[tuple[str, str], Record] = {}
         self._lock = threading.Lock()
         self._clock = clock
-        self._sorted: list[tuple[str, str]] | None = None  # scan's order, rebuilt after changes
+        # scan's (scope, key) order: sorted by the first scan after a key came or went, so a
+        # page is a bisect (the sort is O(n log n): this store is for tests and small programs).
+        self._sorted: list[tuple[str, str]] | None = None
 
     # -- the hooks of TransitionalStore: one lock around a dict ---------------------------------
 
