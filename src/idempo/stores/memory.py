@@ -6,17 +6,20 @@ see each other's. The clock is injectable so that tests can move time without sl
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core.records import Record
+from idempo.core.records import Record, State
 from idempo.errors import StoreUnavailableError
+from idempo.stores import _scan
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
 from idempo.stores._url import UrlOptions, number
+from idempo.stores.base import Page, Stats
 
 __all__ = ["URL_OPTIONS", "AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
 
@@ -59,6 +62,9 @@ class MemoryStore(TransitionalStore[bool]):
         self._records: dict[tuple[str, str], Record] = {}
         self._lock = _TimedLock(float(timeout))
         self._clock = clock
+        # scan's (scope, key) order: sorted by the first scan after a key came or went, so a
+        # page is a bisect (the sort is O(n log n): this store is for tests and small programs).
+        self._sorted: list[tuple[str, str]] | None = None
 
     # -- the hooks of TransitionalStore: one lock around a dict ---------------------------------
 
@@ -71,9 +77,12 @@ class MemoryStore(TransitionalStore[bool]):
         return self._clock(), self._records.get((scope, key))
 
     def _save(self, h: bool, operation: str, record: Record, *, insert: bool) -> None:
+        if insert:
+            self._sorted = None
         self._records[record.scope, record.key] = record
 
     def _remove(self, h: bool, operation: str, scope: str, key: str) -> None:
+        self._sorted = None
         del self._records[scope, key]
 
     def purge_expired(self, limit: int = 1000) -> int:
@@ -82,7 +91,44 @@ class MemoryStore(TransitionalStore[bool]):
             expired = [k for k, r in self._records.items() if r.expires_at <= now][:limit]
             for k in expired:
                 del self._records[k]
+            if expired:
+                self._sorted = None
             return len(expired)
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        with self._lock:
+            now = self._clock()
+            if self._sorted is None:
+                self._sorted = sorted(self._records)
+            order = self._sorted
+            start = bisect.bisect_right(order, after)
+            if scope is not None:
+                start = max(start, bisect.bisect_left(order, (scope, "")))
+            window = order[start : start + limit]
+            done = len(window) < limit
+            if scope is not None:
+                inside = [k for k in window if k[0] == scope]
+                done = done or len(inside) < len(window)  # sorted: past the scope, no more
+                window = inside
+            found = [self._records[k] for k in window]
+        records = tuple(_scan.listed(r) for r in found if _scan.shown(r, now, state, older_than))
+        return Page(records, None if done or not window else _scan.encode(*window[-1]), now)
+
+    def stats(self) -> Stats:
+        with self._lock:
+            now = self._clock()
+            records = list(self._records.values())
+        return _scan.Counter(now).add_all(records).stats()
 
     def __len__(self) -> int:
         return len(self._records)

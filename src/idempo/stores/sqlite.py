@@ -30,13 +30,15 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core.records import Record
+from idempo.core.records import Record, State
 from idempo.errors import IdempoError, StoreError, StoreUnavailableError
 from idempo.stores import _rows as rows
+from idempo.stores import _scan
 from idempo.stores._rows import RECORD_FORMAT
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
 from idempo.stores._url import UrlOptions, boolean, choice, number, text
+from idempo.stores.base import Page, Stats
 
 __all__ = [
     "RECORD_FORMAT",
@@ -51,7 +53,8 @@ __all__ = [
 
 # The version of the table layout (kept in the idempo_schema table). Each row also carries the
 # record format it was written in (column format_version, idempo.stores._rows.RECORD_FORMAT).
-SCHEMA_VERSION = 1
+# 2: the partial index of in-progress records that scan() and stats() read.
+SCHEMA_VERSION = 2
 
 # Schema versions live in a table of their own, not in PRAGMA user_version: the database may be
 # the application's, whose own migrations may use user_version.
@@ -82,6 +85,19 @@ _UNAVAILABLE = {
 # idempo.stores._rows.COLUMNS, in its order; this table names the format column format_version.
 _COLUMNS = (
     "fingerprint, state, token, lease_until, outcome, recovery_point, created_at, expires_at,"
+    " format_version"
+)
+
+
+# scan(state="in_progress") and stats() walk only the records in flight, which are few next to
+# the completed ones kept for replay. Partial: a completed record leaves the index, so claims
+# and completions pay for it only while a record is in progress. (SCHEMA_VERSION 2.)
+_IN_PROGRESS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS {index} ON {table} (scope, \"key\") WHERE state = 'in_progress'"
+)
+# scan's columns, in the order idempo.stores._scan.page reads them.
+_SCAN_COLUMNS = (
+    'scope, "key", fingerprint, state, lease_until, recovery_point, created_at, expires_at,'
     " format_version"
 )
 
@@ -199,6 +215,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
             " recovery_point BLOB, created_at REAL NOT NULL, expires_at REAL NOT NULL,"
             ' format_version INTEGER NOT NULL, PRIMARY KEY (scope, "key"))',
             f'CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {t} (expires_at)',
+            _IN_PROGRESS_INDEX.format(index=f'"{table}_in_progress"', table=t),
         )
 
     # -- the contract (the rest is TransitionalStore's, over the hooks below) -------------------
@@ -213,6 +230,61 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
             raise ValueError("limit must be >= 0")  # SQLite reads a negative LIMIT as "no limit"
         with self._session() as conn:
             return conn.execute(self._sql_purge, (limit,)).rowcount
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        params = (scope, after[1] if after[0] == scope else "") if scope is not None else after
+        with self._session() as conn:
+            c = conn.cursor()
+            c.row_factory = None  # plain tuples, whatever the (caller's) connection's factory
+            found = c.execute(self._scan_sql(state, scope is not None), (*params, limit)).fetchall()
+        now = float(found[0][0])
+        window = [row[1:] for row in found if row[1] is not None]
+        return _scan.page(
+            now, window, state=state, older_than=older_than, limit=limit, where=self._where()
+        )
+
+    def _scan_sql(self, state: State | None, scoped: bool) -> str:
+        """One page: the store's clock, LEFT JOINed to at most ``limit`` rows after the cursor
+        in (scope, key) order (the primary key; for in-progress records the partial index),
+        so that an empty page still tells the time. Expiry and age are judged in Python, on
+        the rows examined, so that a page's work is bounded however few of them match."""
+        t = f'"{self.table}"'
+        where = 'scope = ? AND "key" > ?' if scoped else '(scope, "key") > (?, ?)'
+        if state is not None:
+            where += f" AND state = '{state.value}'"  # a literal: the partial index needs it
+        return (
+            f"SELECT c.now, w.* FROM (SELECT {_NOW} AS now) AS c LEFT JOIN"
+            f" (SELECT {_SCAN_COLUMNS} FROM {t} WHERE {where}"
+            ' ORDER BY scope, "key" LIMIT ?) AS w ON 1'
+            ' ORDER BY w.scope, w."key"'
+        )
+
+    def stats(self) -> Stats:
+        t = f'"{self.table}"'
+        live = "expires_at > c.now"
+        flight = f"FROM {t} WHERE state = 'in_progress' AND {live}"
+        query = (
+            f"SELECT (SELECT count(*) {flight}),"
+            f" (SELECT count(*) FROM {t} WHERE state = 'completed' AND {live}),"
+            f" (SELECT count(*) FROM {t} WHERE expires_at <= c.now),"
+            f" (SELECT count(*) {flight} AND lease_until <= c.now),"
+            f" (SELECT min(created_at) {flight}),"
+            f" c.now FROM (SELECT {_NOW} AS now) AS c"
+        )
+        with self._session() as conn:
+            c = conn.cursor()
+            c.row_factory = None
+            return _scan.stats_row(c.execute(query).fetchone())
 
     def migrate(self) -> None:
         """Create the table and its index if missing (idempotent, safe to run concurrently);

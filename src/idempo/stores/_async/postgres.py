@@ -33,19 +33,23 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from idempo._primitives import AsyncLock
-from idempo.core.records import ClaimResult, ClaimStatus, Record
+from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError
+from idempo.stores import _scan
 from idempo.stores._postgres_sql import (
     CLAIM_ARGS,
     IS_CURRENT,
     MIGRATE_LOCK,
     marker,
     migration,
+    scan_statement,
     statements,
+    stats_statement,
     store_errors,
 )
 from idempo.stores._rows import lease_lost, record
 from idempo.stores._watchdog import WATCHDOG, Watch
+from idempo.stores.base import Page, Stats
 
 __all__ = ["AsyncBoundPostgresStore", "AsyncPostgresStore"]
 
@@ -370,6 +374,28 @@ class AsyncPostgresStore:
         await self._ensure_ready()
         _, count = await self._execute("purge_expired", self._sql.purge, (limit,))
         return max(count, 0)
+
+    async def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        if scope is not None:
+            after = (scope, after[1] if after[0] == scope else "")
+        query = scan_statement(self._sql, None if state is None else state.value, scope is not None)
+        rows = await self._run("scan", query, {"scope": after[0], "key": after[1], "limit": limit})
+        window = [row[1:] for row in rows if row[1] is not None]
+        return _scan.page(rows[0][0], window, state=state, older_than=older_than, limit=limit)
+
+    async def stats(self) -> Stats:
+        rows = await self._run("stats", stats_statement(self._sql), ())
+        return _scan.stats_row(rows[0])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self._schema_name!r}, table={self._table_name!r})"

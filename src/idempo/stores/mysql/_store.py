@@ -9,15 +9,24 @@ from typing import Any
 
 import pymysql  # type: ignore[import-untyped]
 
-from idempo.core.records import ClaimResult, ClaimStatus, Record
+from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError, StoreUnavailableError
+from idempo.stores import _scan
 from idempo.stores._rows import lease_lost, record
 from idempo.stores._threaded import SyncStoreAsAsync
+from idempo.stores.base import Page, Stats
 from idempo.stores.mysql import _pool
 from idempo.stores.mysql._bound import BoundMySQLStore
 from idempo.stores.mysql._errors import session_intact, store_errors
 from idempo.stores.mysql._pool import Conn, Pool, end_transaction
-from idempo.stores.mysql._sql import IS_CURRENT, SESSION, marker, statements
+from idempo.stores.mysql._sql import (
+    IS_CURRENT,
+    SESSION,
+    marker,
+    scan_statement,
+    statements,
+    stats_statement,
+)
 
 __all__ = ["AsyncMySQLStore", "MySQLStore"]
 
@@ -270,6 +279,33 @@ class MySQLStore:
             return 0
         rows = self._run("purge_expired", self._sql.purge, (min(int(limit), 2**32 - 1),))
         return int(rows[0][0]) if rows else 0
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after_scope, after_key = _scan.decode(cursor)
+        if scope is not None:
+            params: tuple[Any, ...] = (scope, after_key if after_scope == scope else "", limit)
+        else:
+            params = (after_scope, after_scope, after_key, limit)
+        query = scan_statement(
+            self._sql.table, None if state is None else state.value, scope is not None
+        )
+        rows = self._run("scan", query, params)
+        window = [row[1:] for row in rows if row[1] is not None]
+        return _scan.page(
+            float(rows[0][0]), window, state=state, older_than=older_than, limit=limit
+        )
+
+    def stats(self) -> Stats:
+        return _scan.stats_row(self._run("stats", stats_statement(self._sql.table), ())[0])
 
     def bind(self, conn: Any) -> BoundMySQLStore:
         """This store's operations on ``conn`` (a PyMySQL connection, not autocommit), inside
