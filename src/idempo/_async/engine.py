@@ -201,7 +201,9 @@ class AsyncHeld:
             self.report("failed", encoded.error)
             raise encoded.error
         try:
-            await self.complete(encoded.data)
+            await self.store.complete(
+                self.scope, self.key, self.token, encoded.data, ttl=policy.ttl
+            )
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
             self.report(_failure(exc), exc)
@@ -219,12 +221,15 @@ class AsyncHeld:
         """Keep or release after the caller has already answered (HTTP): a store failure is
         logged, not raised, since there is nobody left to tell. A retry after the lease runs
         out may then run the handler again."""
-        await self.stop_heartbeat()
+        if self._beat is not None:
+            await self.stop_heartbeat()
         try:
             if isinstance(outcome, Keep):
-                await self.complete(outcome.data)
+                await self.store.complete(
+                    self.scope, self.key, self.token, outcome.data, ttl=self.policy.ttl
+                )
             else:
-                await self.release()
+                await self.store.release(self.scope, self.key, self.token)
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
             self.report(_failure(exc), exc)

@@ -202,7 +202,9 @@ class Held:
             self.report("failed", encoded.error)
             raise encoded.error
         try:
-            self.complete(encoded.data)
+            self.store.complete(
+                self.scope, self.key, self.token, encoded.data, ttl=policy.ttl
+            )
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
             self.report(_failure(exc), exc)
@@ -220,12 +222,15 @@ class Held:
         """Keep or release after the caller has already answered (HTTP): a store failure is
         logged, not raised, since there is nobody left to tell. A retry after the lease runs
         out may then run the handler again."""
-        self.stop_heartbeat()
+        if self._beat is not None:
+            self.stop_heartbeat()
         try:
             if isinstance(outcome, Keep):
-                self.complete(outcome.data)
+                self.store.complete(
+                    self.scope, self.key, self.token, outcome.data, ttl=self.policy.ttl
+                )
             else:
-                self.release()
+                self.store.release(self.scope, self.key, self.token)
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
             self.report(_failure(exc), exc)
