@@ -574,6 +574,8 @@ class Kafka(Broker):
         options.setdefault("retry_delay", 0.05)
         options.setdefault("in_progress_delay", 0.5)
         options.setdefault("concurrency", prefetch or 20)
+        options.setdefault("dead_letter_topic", self.dead_topic)
+        options.setdefault("producer", self.producer)
         client = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -591,8 +593,6 @@ class Kafka(Broker):
             topics=[self.topic],
             store=store,
             poll_timeout=0.2,
-            dead_letter_topic=self.dead_topic,
-            producer=self.producer,
             **options,
         )
         self.live.append(consumer)
@@ -1446,9 +1446,10 @@ def test_broker_clients_are_optional_extras() -> None:
     extra to install."""
     check = (
         "import sys, idempo, idempo.consumer, idempo.consumers\n"
-        "assert not {'aio_pika', 'nats', 'redis'} & set(sys.modules), sys.modules.keys()\n"
+        "assert not {'aio_pika', 'nats', 'redis', 'aiokafka'} & set(sys.modules), sys.modules\n"
         "for mod, name, extra in [('aio_pika', 'rabbitmq', 'rabbitmq'),"
-        " ('nats', 'nats', 'nats'), ('redis', 'redis_streams', 'redis')]:\n"
+        " ('nats', 'nats', 'nats'), ('redis', 'redis_streams', 'redis'),"
+        " ('aiokafka', 'kafka', 'kafka')]:\n"
         "    sys.modules[mod] = None\n"
         "    try:\n"
         "        __import__('idempo.consumers.' + name)\n"
