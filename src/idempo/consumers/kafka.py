@@ -355,8 +355,9 @@ class KafkaConsumer(BrokerConsumer[Record]):
             if not offsets:
                 return True
             if getattr(self.kafka, "_closed", False):
-                # A stopped client has left the group: its commit would carry no generation,
-                # which a broker that does not fence it (Tansu) applies over the new owner's.
+                # A stopped client has left the group: its commit carries no generation, which
+                # a broker accepts once the group is empty (as from any client outside a group),
+                # rolling back what the partitions' next owners committed.
                 log.warning("idempo: %s: the Kafka client is stopped; not committing", self.name)
                 return False
             try:
