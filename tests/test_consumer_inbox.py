@@ -23,6 +23,7 @@ from tests.test_consumers import (
     assert_exactly_once,
     ids_for,
     instrument,
+    named_id,
     open_broker,
     statuses,
     wait_until,
@@ -109,7 +110,7 @@ async def test_inbox_on_real_brokers_with_duplicates(
                 raise RuntimeError("rolled back with the record")
             return {"id": mid}
 
-        options: dict[str, Any] = {"id_field": "message_id"} if kind == "redis" else {}
+        options = named_id(kind)
         consumer = await broker.consumer(
             handle, store, transaction=pool.connection, retry_delay=0.05, **options
         )

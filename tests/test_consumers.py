@@ -1,4 +1,5 @@
-"""Exactly-once consumers against real brokers: RabbitMQ, NATS JetStream and Redis Streams.
+"""Exactly-once consumers against real brokers: RabbitMQ, NATS JetStream, Redis Streams and
+Kafka (Tansu, started by tests/kafka_broker.py).
 
 Every broker test publishes M messages, forces redeliveries (lost acks, a consumer crash
 mid-batch, duplicate publishes, competing consumers) and checks that every message's effect,
@@ -6,7 +7,8 @@ counted per message id, was applied exactly once, and that the broker ends with 
 unacknowledged. Each test uses its own queue / stream / subject names and deletes them after.
 
 Broker URLs come from IDEMPO_AMQP_URL, IDEMPO_NATS_URL and IDEMPO_REDIS_URL (defaults: the local
-servers). A broker that cannot be reached skips its tests, unless IDEMPO_REQUIRE_SERVICES=1,
+servers); Kafka's from IDEMPO_KAFKA_BOOTSTRAP, else a Tansu broker this process starts on a free
+loopback port. A broker that cannot be reached skips its tests, unless IDEMPO_REQUIRE_SERVICES=1,
 where that is a failure.
 """
 
@@ -40,7 +42,8 @@ REQUIRE_SERVICES = os.environ.get("IDEMPO_REQUIRE_SERVICES") == "1"
 M = 50  # messages per scenario
 DEADLINE = 45.0  # seconds any one scenario may take to settle
 
-BROKERS = ["rabbitmq", "nats", "redis"]
+BROKERS = ["rabbitmq", "nats", "redis", "kafka"]
+KAFKA_PARTITIONS = 2  # so that two competing consumers each own one
 
 # -- services ----------------------------------------------------------------------------------
 
@@ -74,6 +77,17 @@ async def _probe(kind: str) -> str | None:
                     await client.ping()
                 finally:
                     await client.aclose()
+            elif kind == "kafka":
+                from aiokafka.admin import AIOKafkaAdminClient
+
+                from tests import kafka_broker
+
+                admin = AIOKafkaAdminClient(bootstrap_servers=await kafka_broker.bootstrap())
+                await admin.start()
+                try:
+                    await admin.list_topics()
+                finally:
+                    await admin.close()
     except Exception as exc:
         return f"{kind} is not reachable ({type(exc).__name__}: {exc})"
     return None
@@ -490,6 +504,150 @@ class RedisStreams(Broker):
         return str(message.fields["body"].decode())
 
 
+class Kafka(Broker):
+    """A topic with KAFKA_PARTITIONS partitions, one consumer group, and a dead-letter topic the
+    adapter copies dead-lettered records to."""
+
+    kind = "kafka"
+
+    def __init__(self) -> None:
+        run = uuid.uuid4().hex[:12]
+        self.topic = f"idempo-test-{run}"
+        self.dead_topic = f"idempo-test-{run}.dead"
+        self.group = f"workers-{run}"
+        self.live = []
+        self.clients: list[Any] = []
+
+    async def __aenter__(self) -> Kafka:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        from tests import kafka_broker
+
+        self.bootstrap = await kafka_broker.bootstrap()
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self.admin.start()
+        await self.admin.create_topics(
+            [NewTopic(self.topic, KAFKA_PARTITIONS, 1), NewTopic(self.dead_topic, 1, 1)]
+        )
+        # Not idempotent (enable_idempotence): Tansu 0.6 refuses aiokafka's idempotent producer.
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await self.producer.start()
+        self.inspector = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)  # no group
+        await self.inspector.start()
+        self.offsets = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False
+        )
+        await self.offsets.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop_all()
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.stop()
+        with contextlib.suppress(Exception):
+            await self.admin.delete_topics([self.topic, self.dead_topic])
+        await self.offsets.stop()
+        await self.inspector.stop()
+        await self.producer.stop()
+        await self.admin.close()
+
+    async def publish(self, ids: Sequence[str], *, with_id: bool = True) -> None:
+        for id_ in ids:
+            # Keyed by the id: the records spread over the partitions.
+            await self.producer.send_and_wait(
+                self.topic,
+                id_.encode(),
+                key=id_.encode(),
+                headers=[("X-Id", id_.encode())] if with_id else None,
+            )
+
+    async def consumer(self, handler: Any, store: AsyncStore, **options: Any) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        from idempo.consumers.kafka import KafkaConsumer
+
+        options.pop("ack_wait", None)
+        prefetch = options.pop("prefetch", None)
+        options.setdefault("retry_delay", 0.05)
+        options.setdefault("in_progress_delay", 0.5)
+        options.setdefault("concurrency", prefetch or 20)
+        options.setdefault("dead_letter_topic", self.dead_topic)
+        options.setdefault("producer", self.producer)
+        client = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            heartbeat_interval_ms=200,  # members learn of a rebalance within this
+            session_timeout_ms=3000,
+            rebalance_timeout_ms=1000,  # Tansu waits this long for members to join
+        )
+        await client.start()
+        self.clients.append(client)
+        consumer = KafkaConsumer(
+            client,
+            handler,
+            topics=[self.topic],
+            store=store,
+            poll_timeout=0.2,
+            **options,
+        )
+        self.live.append(consumer)
+        return consumer
+
+    async def crash(self, consumer: Any) -> None:
+        self.live.remove(consumer)
+        loop = consumer._loop
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        await consumer.kafka.stop()  # commits nothing (no auto-commit); leaves the group
+
+    def partitions(self) -> list[Any]:
+        from aiokafka import TopicPartition
+
+        return [TopicPartition(self.topic, p) for p in range(KAFKA_PARTITIONS)]
+
+    async def committed(self) -> dict[Any, int]:
+        # Not the admin client's list_consumer_group_offsets: aiokafka cannot decode Tansu's
+        # answer. A group client that never subscribes reads the offsets without joining.
+        return {tp: await self.offsets.committed(tp) or 0 for tp in self.partitions()}
+
+    async def settled(self) -> bool:
+        ends = await self.inspector.end_offsets(self.partitions())
+        return await self.committed() == ends and self.idle()
+
+    async def dead_letters(self) -> list[str]:
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(self.dead_topic, 0)
+        end = (await self.inspector.end_offsets([tp]))[tp]
+        self.inspector.assign([tp])
+        await self.inspector.seek_to_beginning(tp)
+        bodies: list[str] = []
+        async with asyncio.timeout(10):
+            while len(bodies) < end:
+                batch = await self.inspector.getmany(tp, timeout_ms=500)
+                bodies.extend(r.value.decode() for r in batch.get(tp, []))
+        return bodies
+
+    def body_id(self, message: Any) -> str:
+        return str(message.value.decode())
+
+
+def named_id(kind: str) -> dict[str, Any]:
+    """The adapter option that keys messages by the producer's id (the X-Id header, a Redis
+    field) rather than the broker's own, where the broker's own differs per publish."""
+    if kind == "redis":
+        return {"id_field": "message_id"}
+    if kind == "kafka":
+        return {"id_header": "X-Id"}
+    return {}
+
+
 @contextlib.asynccontextmanager
 async def open_broker(kind: str, **options: Any) -> AsyncIterator[Broker]:
     await require(kind)
@@ -498,8 +656,10 @@ async def open_broker(kind: str, **options: Any) -> AsyncIterator[Broker]:
         broker = RabbitMQ(**options)
     elif kind == "nats":
         broker = JetStream(**options)
-    else:
+    elif kind == "redis":
         broker = RedisStreams(**options)
+    else:
+        broker = Kafka(**options)
     async with broker:
         try:
             async with asyncio.timeout(DEADLINE + 30):
@@ -659,7 +819,7 @@ async def test_duplicate_publishes(kind: str, tmp_path: Path) -> None:
             effects[broker.body_id(message)] += 1
             return {"id": broker.body_id(message)}
 
-        options: dict[str, Any] = {"id_field": "message_id"} if kind == "redis" else {}
+        options = named_id(kind)
         consumer = await broker.consumer(handle, store, **options)
         instrument(consumer, results)
         await consumer.start()
@@ -719,7 +879,7 @@ async def test_all_faults_with_redis_store_and_competing_consumers(
             else:
                 await inner.ack()
 
-        options: dict[str, Any] = {"id_field": "message_id"} if kind == "redis" else {}
+        options = named_id(kind)
         steady = await broker.consumer(handle, store, lease=1.0, prefetch=10, **options)
         doomed = await broker.consumer(
             handle_doomed,
@@ -766,6 +926,7 @@ async def test_all_faults_with_redis_store_and_competing_consumers(
         pytest.param("rabbitmq", {"queue_type": "quorum"}, id="rabbitmq-quorum"),
         pytest.param("nats", {}, id="nats"),
         pytest.param("redis", {}, id="redis"),
+        pytest.param("kafka", {}, id="kafka"),
     ],
 )
 async def test_poison_and_unidentifiable_messages_are_dead_lettered(
@@ -794,6 +955,8 @@ async def test_poison_and_unidentifiable_messages_are_dead_lettered(
             consumer_options["id_header"] = "Nats-Msg-Id"  # no stream:seq fallback
         if kind == "redis":
             consumer_options["id_field"] = "message_id"
+        if kind == "kafka":
+            consumer_options["id_header"] = "X-Id"  # no topic/partition/offset fallback
         if kind == "rabbitmq":
             consumer_options["id_header"] = "X-Id"
         consumer = await b.consumer(handle, store, **consumer_options)
@@ -829,7 +992,7 @@ async def test_adapter_lifecycle_async_with_and_restart(kind: str, tmp_path: Pat
         async def handle(message: Any) -> None:
             effects[broker.body_id(message)] += 1
 
-        options: dict[str, Any] = {"id_field": "message_id"} if kind == "redis" else {}
+        options = named_id(kind)
         consumer = await broker.consumer(handle, store, **options)
         async with consumer as started:
             assert started is consumer
@@ -1283,9 +1446,10 @@ def test_broker_clients_are_optional_extras() -> None:
     extra to install."""
     check = (
         "import sys, idempo, idempo.consumer, idempo.consumers\n"
-        "assert not {'aio_pika', 'nats', 'redis'} & set(sys.modules), sys.modules.keys()\n"
+        "assert not {'aio_pika', 'nats', 'redis', 'aiokafka'} & set(sys.modules), sys.modules\n"
         "for mod, name, extra in [('aio_pika', 'rabbitmq', 'rabbitmq'),"
-        " ('nats', 'nats', 'nats'), ('redis', 'redis_streams', 'redis')]:\n"
+        " ('nats', 'nats', 'nats'), ('redis', 'redis_streams', 'redis'),"
+        " ('aiokafka', 'kafka', 'kafka')]:\n"
         "    sys.modules[mod] = None\n"
         "    try:\n"
         "        __import__('idempo.consumers.' + name)\n"

@@ -64,6 +64,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "Delivery",
         "Handler",
         "JetStreamConsumer",
+        "KafkaConsumer",
         "RabbitMQConsumer",
         "RedisStreamConsumer",
         "Result",

@@ -7,6 +7,7 @@ adapter                                         install              default mes
 :class:`~.nats.JetStreamConsumer` (nats-py)      ``idempo[nats]``      ``Nats-Msg-Id``, else
                                                                      ``stream:sequence``
 :class:`~.redis_streams.RedisStreamConsumer`     ``idempo[redis]``     the entry id
+:class:`~.kafka.KafkaConsumer` (aiokafka)        ``idempo[kafka]``     ``topic/partition/offset``
 ==============================================  ===================  ==========================
 
 Each lives in its own module and is imported only when asked for (``import idempo`` imports no
@@ -32,6 +33,7 @@ from idempo.consumers._consumer import (
 )
 
 if TYPE_CHECKING:
+    from idempo.consumers.kafka import KafkaConsumer
     from idempo.consumers.nats import JetStreamConsumer
     from idempo.consumers.rabbitmq import RabbitMQConsumer
     from idempo.consumers.redis_streams import RedisStreamConsumer, StreamEntry
@@ -43,6 +45,7 @@ __all__ = [
     "Delivery",
     "Handler",
     "JetStreamConsumer",
+    "KafkaConsumer",
     "RabbitMQConsumer",
     "RedisStreamConsumer",
     "Result",
@@ -57,6 +60,7 @@ _LAZY = {
     "JetStreamConsumer": "idempo.consumers.nats",
     "RedisStreamConsumer": "idempo.consumers.redis_streams",
     "StreamEntry": "idempo.consumers.redis_streams",
+    "KafkaConsumer": "idempo.consumers.kafka",
 }
 
 
