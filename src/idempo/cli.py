@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from idempo import open_store
+from idempo.check import check as _check  # stdlib and click only: httpx loads when it runs
 from idempo.errors import IdempoError
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ def _store(url: str) -> Iterator[Store]:
 @click.version_option(package_name="idempo")
 def main() -> None:
     """idempo: make operations safe to retry."""
+
+
+main.add_command(_check)
 
 
 @main.command()
