@@ -14,6 +14,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -417,6 +418,50 @@ def test_duplicates_in_flight_get_409_with_retry_after() -> None:
     }
     assert by_name["problem+json"]["passed"] is True
     assert by_name["problem+json"]["detail"] == "every refusal (7) is problem+json with a type"
+
+
+# -- behind the gateway ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def gateway_in_front_of(upstream: str, tmp_path: Path) -> Iterator[str]:
+    """``idempo gateway`` in front of ``upstream`` on a SQLite store, once /readyz answers."""
+    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    args = ["gateway", "--upstream", upstream, "--store", store]
+    proc = subprocess.Popen([IDEMPO, *args, "--listen", listen, "--admin", admin])
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # another process: nothing to wait on but its listener
+            assert proc.poll() is None, "the gateway exited"
+            assert time.monotonic() < deadline, "the gateway never became ready"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://{admin}/readyz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield f"http://{listen}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_gateway_in_front_of_the_raw_upstream_passes(raw: RawUpstream, tmp_path: Path) -> None:
+    """The raw Node.js upstream that fails alone passes every probe behind idempo gateway."""
+    pytest.importorskip("idempo.gateway", reason="idempo gateway is not on this branch yet")
+    before = len(raw.requests())
+    with gateway_in_front_of(raw.base, tmp_path) as base:
+        result = check(f"{base}/orders", "--json", BODY, "--yes", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert all(p["passed"] for p in scorecard(result)["probes"])
+    executed = raw.requests()[before:]
+    assert len(executed) == sum(step.executes for step in plan(Target("http://x/")))
 
 
 # -- the parts, without a server ---------------------------------------------------------------

@@ -646,7 +646,7 @@ def check(
     run = uuid.uuid4().hex[:12]
     click.echo(announce(target, run), err=True)
     if not yes:
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():
             raise _CouldNotRun("no terminal to confirm on: pass --yes to send; nothing was sent")
         if not click.confirm("Send them?", default=False, err=True):
             raise _CouldNotRun("declined: nothing was sent")
