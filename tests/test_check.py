@@ -490,3 +490,10 @@ def test_replay_marker_is_read_case_insensitively() -> None:
     """``Idempotent-Replayed: True`` counts as the marker; any other value does not."""
     assert Answer(201, httpx.Headers({"Idempotent-Replayed": "True"}), b"").replayed
     assert not Answer(201, httpx.Headers({"Idempotent-Replayed": "yes"}), b"").replayed
+
+
+def test_the_command_line_does_not_load_httpx_or_rich() -> None:
+    """``idempo`` starts without the checker's client: httpx and rich load only when it runs."""
+    code = "import sys, idempo.cli; print(sorted({'httpx', 'rich'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
