@@ -303,6 +303,18 @@ def test_terminal_asks_first_and_a_no_sends_nothing(raw: RawUpstream) -> None:
     assert len(raw.requests()) == before
 
 
+def test_terminal_end_of_input_at_the_prompt_is_a_no(raw: RawUpstream) -> None:
+    """Ctrl-D at the prompt declines like a no: exit 2, nothing sent (not click's exit 1)."""
+    before = len(raw.requests())
+    seen = bytearray()
+    with on_terminal(f"{raw.base}/orders", "--json", BODY) as (proc, master):
+        read_until(master, b"Send them?", seen)
+        os.write(master, b"\x04")
+        read_until(master, b"nothing was sent", seen)
+        assert proc.wait(30) == 2
+    assert len(raw.requests()) == before
+
+
 def test_terminal_yes_runs_the_probes(raw: RawUpstream) -> None:
     """Answering yes on the terminal runs the check and prints the table."""
     before = len(raw.requests())

@@ -190,7 +190,7 @@ def plan(target: Target) -> list[_Step]:
     ]
 
 
-def announce(target: Target, run: str) -> str:
+def _announce(target: Target, run: str) -> str:
     steps = plan(target)
     total = sum(s.requests for s in steps)
     honoured = sum(s.executes for s in steps)
@@ -241,7 +241,8 @@ class _Sender:
             raise CheckError(f"no answer from {target.url} within {target.timeout:g}s") from exc
         except httpx.HTTPError as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise CheckError(f"cannot reach {target.url}: {reason}") from exc
+            what = "cannot reach" if isinstance(exc, httpx.ConnectError) else "no answer from"
+            raise CheckError(f"{what} {target.url}: {reason}") from exc
         return Answer(response.status_code, response.headers, response.content)
 
 
@@ -482,7 +483,7 @@ def _requests(n: int) -> str:
 # -- the scorecard -----------------------------------------------------------------------------
 
 
-def render_table(card: Scorecard, *, no_color: bool = False) -> None:
+def _render_table(card: Scorecard, *, no_color: bool = False) -> None:
     """The scorecard as a rich table (plain text when rich is not installed)."""
     marks = {True: ("pass", "green"), False: ("FAIL", "bold red")}
     failed = sum(not p.passed for p in card.probes)
@@ -644,11 +645,15 @@ def check(
     except ImportError as exc:
         raise _CouldNotRun("idempo check needs httpx: pip install 'idempo[client]'") from exc
     run = uuid.uuid4().hex[:12]
-    click.echo(announce(target, run), err=True)
+    click.echo(_announce(target, run), err=True)
     if not yes:
         if sys.stdin is None or not sys.stdin.isatty():
             raise _CouldNotRun("no terminal to confirm on: pass --yes to send; nothing was sent")
-        if not click.confirm("Send them?", default=False, err=True):
+        try:
+            confirmed = click.confirm("Send them?", default=False, err=True)
+        except click.Abort:  # Ctrl-C or end of input at the prompt: a no, not click's exit 1
+            confirmed = False
+        if not confirmed:
             raise _CouldNotRun("declined: nothing was sent")
     try:
         card = asyncio.run(run_check(target, run=run))
@@ -657,5 +662,5 @@ def check(
     if fmt == "json":
         click.echo(json.dumps(card.as_json(), indent=2))
     else:
-        render_table(card, no_color=no_color)
+        _render_table(card, no_color=no_color)
     click.get_current_context().exit(0 if card.passed else 1)
