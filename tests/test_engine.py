@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,11 @@ def test_a_claim_whose_reply_was_lost_is_released() -> None:
     engine = Engine(store)
     with pytest.raises(StoreUnavailableError):
         engine.acquire("s", "k", "fp", POLICY)
-    assert store.get("s", "k") is None
+    # Released in the background (the caller hears of the failure at once): wait, bounded.
+    deadline = time.monotonic() + 5
+    while store.get("s", "k") is not None:
+        assert time.monotonic() < deadline, "the unknown claim was never released"
+        time.sleep(0.01)
     retry = engine.acquire("s", "k", "fp", POLICY)
     assert isinstance(retry, Held)
 
@@ -243,4 +248,43 @@ async def test_async_a_claim_whose_reply_was_lost_is_released() -> None:
     engine = AsyncEngine(AsyncMemoryStore(store))
     with pytest.raises(StoreUnavailableError):
         await engine.acquire("s", "k", "fp", POLICY)
+    await asyncio.sleep(0)  # the release runs as a task of this loop: let it
+    assert store.get("s", "k") is None
     assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)
+
+
+class StalledStore(MemoryStore):
+    """A real MemoryStore that is unreachable for its first ``down`` calls after the claim's
+    lost reply (a store that stays down a little while)."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+        self.lose_next = True
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().claim(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StoreUnavailableError("the reply was lost")
+        return result
+
+    def release(self, scope: str, key: str, token: str) -> bool:
+        if self.down:
+            self.down -= 1
+            raise StoreUnavailableError("still down")
+        return super().release(scope, key, token)
+
+
+def test_the_release_of_an_unknown_claim_is_retried_while_the_store_is_down() -> None:
+    """A store that is still down when the release is first tried is asked again, with
+    backoff, within the lease: the key is freed once the store is back."""
+    store = StalledStore(down=2)
+    engine = Engine(store)
+    with pytest.raises(StoreUnavailableError):
+        engine.acquire("s", "k", "fp", POLICY)
+    deadline = time.monotonic() + 10
+    while store.get("s", "k") is not None:
+        assert time.monotonic() < deadline, "the unknown claim was never released"
+        time.sleep(0.05)
+    assert store.down == 0

@@ -591,7 +591,11 @@ def test_claim_storm_over_fewer_connections(table: str) -> None:
 
 def _patched_claim(store: MySQLStore, anchor: str, extra: str) -> None:
     """Reinstall the claim procedure with ``extra`` SQL after ``anchor`` (white-box tests)."""
-    ddl = store._sql.migration[1]
+    (ddl,) = [
+        m
+        for m in store._sql.migration
+        if m.lstrip().startswith("CREATE OR REPLACE PROCEDURE") and "_claim`(" in m
+    ]
     assert anchor in ddl
     with store._pool.connection() as conn:
         conn.cursor().execute(ddl.replace(anchor, anchor + extra, 1))

@@ -358,10 +358,10 @@ def _objects(schema: str) -> tuple[int, int, int]:
 def test_migrate_creates_the_table_its_indexes_and_the_claim_function(
     store: PostgresStore, schema: str
 ) -> None:
-    """Migrated (twice), the schema holds one table, its two indexes and the claim function."""
+    """Migrated (twice), the schema holds one table, its three indexes and the claim function."""
     store.migrate()
     store.migrate()
-    assert _objects(schema) == (1, 2, 1)  # the table; its primary key and expiry index; claim
+    assert _objects(schema) == (1, 3, 1)  # the table; primary key, expiry, in-progress; claim
 
 
 def test_concurrent_migrations_are_safe() -> None:
@@ -383,7 +383,7 @@ def test_concurrent_migrations_are_safe() -> None:
                     list(executor.map(migrate, stores))
                 claims = [s.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL) for s in stores]
                 assert [c.status for c in claims].count(ClaimStatus.ACQUIRED) == 1
-                assert _objects(schema) == (1, 2, 1)
+                assert _objects(schema) == (1, 3, 1)
             finally:
                 for s in stores:
                     s.close()
@@ -444,7 +444,7 @@ def test_migration_sql_script_creates_the_same_schema(schema: str) -> None:
         assert migrate.call_count == 0
     finally:
         store.close()
-    assert _objects(schema) == (1, 2, 1)
+    assert _objects(schema) == (1, 3, 1)
 
 
 def test_application_role_needs_no_ddl_privileges(schema: str) -> None:

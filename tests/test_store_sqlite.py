@@ -123,15 +123,18 @@ def test_unreadable_file_is_unavailable(db: Path) -> None:
     store.close()
 
 
-def test_lock_held_past_busy_timeout_is_unavailable(db: Path, store: SQLiteStore) -> None:
-    """A write lock held longer than busy_timeout gives StoreUnavailableError, after waiting."""
+@pytest.mark.parametrize("option", ["timeout", "busy_timeout"])
+def test_lock_held_past_the_timeout_is_unavailable(
+    db: Path, store: SQLiteStore, option: str
+) -> None:
+    """A write lock held longer than timeout= (or its old name) gives StoreUnavailableError."""
     _claim(store, "warm-up")
     other = sqlite3.connect(db, isolation_level=None)
-    impatient = SQLiteStore(db, busy_timeout=0.2)
+    impatient = SQLiteStore(db, **{option: 0.2})
     try:
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match=r"busy_timeout=0\.2s"):
+        with pytest.raises(StoreUnavailableError, match=r"\btimeout=0\.2s"):
             _claim(impatient)
         assert time.monotonic() - started >= 0.15
         assert impatient.get("s", "warm-up") is not None  # readers are not blocked (WAL)
@@ -140,6 +143,12 @@ def test_lock_held_past_busy_timeout_is_unavailable(db: Path, store: SQLiteStore
     finally:
         other.close()
         impatient.close()
+
+
+def test_timeout_and_its_old_name_together_are_refused(db: Path) -> None:
+    """timeout= and busy_timeout= given together are an error, not a silent choice."""
+    with pytest.raises(TypeError, match="not both"):
+        SQLiteStore(db, timeout=1, busy_timeout=2)
 
 
 def test_wal_mode_is_on_and_synchronous_is_configurable(db: Path) -> None:

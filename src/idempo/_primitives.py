@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 __all__ = [
@@ -24,9 +24,11 @@ __all__ = [
     "async_gather",
     "async_periodic",
     "async_sleep",
+    "async_spawn",
     "sync_gather",
     "sync_periodic",
     "sync_sleep",
+    "sync_spawn",
 ]
 
 log = logging.getLogger("idempo")
@@ -35,6 +37,23 @@ T = TypeVar("T")
 
 async_sleep = asyncio.sleep
 sync_sleep = time.sleep
+
+
+# -- work left to run in the background (best effort: it dies with the process) --------------
+
+_SPAWNED: set[asyncio.Task[object]] = set()  # strong references: the loop keeps only weak ones
+
+
+def async_spawn(fn: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run ``fn()`` as a task of the running loop, without waiting for it."""
+    task: asyncio.Task[object] = asyncio.get_running_loop().create_task(fn())
+    _SPAWNED.add(task)
+    task.add_done_callback(_SPAWNED.discard)
+
+
+def sync_spawn(fn: Callable[[], object]) -> None:
+    """Run ``fn()`` in a daemon thread of its own, without waiting for it."""
+    threading.Thread(target=fn, name="idempo-background", daemon=True).start()
 
 
 async def async_gather(fns: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:

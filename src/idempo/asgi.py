@@ -121,28 +121,24 @@ class IdempotencyMiddleware:
             # release the key so that a retry runs again.
             await recorder.abandon(client_gone=client_gone)
             raise
-        # Returned without finishing the response: the app stopped streaming because the
-        # client went away (Starlette's StreamingResponse does), or never answered.
-        await recorder.abandon(client_gone=client_gone or recorder.started)
+        if not recorder.settled:
+            # Returned without finishing the response: the app stopped streaming because the
+            # client went away (Starlette's StreamingResponse does), or never answered.
+            await recorder.abandon(client_gone=client_gone or recorder.started)
 
 
 class _Request:
     """An ASGI request as the HTTP front reads it."""
 
-    __slots__ = ("_header", "_receive", "_scope")
+    __slots__ = ("_header", "_receive", "_scope", "method", "path")
 
     def __init__(self, scope: Scope, receive: Receive, header: bytes) -> None:
         self._scope = scope
         self._receive = receive
         self._header = header
-
-    @property
-    def method(self) -> str:
-        return str(self._scope["method"]).upper()
-
-    @property
-    def path(self) -> str:
-        return str(self._scope.get("path", ""))
+        # Read on every request (the guard): plain attributes, not properties.
+        self.method: str = scope["method"].upper()
+        self.path: str = scope.get("path", "")
 
     @property
     def query(self) -> str:

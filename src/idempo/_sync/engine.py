@@ -29,7 +29,7 @@ from os import urandom
 from typing import Any, Literal
 
 from idempo._sync.observed import ObservedStore
-from idempo._primitives import sync_periodic, sync_sleep
+from idempo._primitives import sync_periodic, sync_sleep, sync_spawn
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.outcome import Keep, Release
@@ -202,7 +202,9 @@ class Held:
             self.report("failed", encoded.error)
             raise encoded.error
         try:
-            self.complete(encoded.data)
+            self.store.complete(
+                self.scope, self.key, self.token, encoded.data, ttl=policy.ttl
+            )
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
             self.report(_failure(exc), exc)
@@ -220,12 +222,15 @@ class Held:
         """Keep or release after the caller has already answered (HTTP): a store failure is
         logged, not raised, since there is nobody left to tell. A retry after the lease runs
         out may then run the handler again."""
-        self.stop_heartbeat()
+        if self._beat is not None:
+            self.stop_heartbeat()
         try:
             if isinstance(outcome, Keep):
-                self.complete(outcome.data)
+                self.store.complete(
+                    self.scope, self.key, self.token, outcome.data, ttl=self.policy.ttl
+                )
             else:
-                self.release()
+                self.store.release(self.scope, self.key, self.token)
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
             self.report(_failure(exc), exc)
@@ -280,8 +285,9 @@ class Engine:
                 )
             except StoreUnavailableError as exc:
                 # What was lost may be the reply: the claim may be written, under our token.
-                # Release it, or the key stays blocked for a whole lease with nothing running.
-                self._release_unknown_claim(scope, key, token)
+                # Release it, or the key stays blocked for a whole lease with nothing running:
+                # in the background, so that the caller hears of the failure within one timeout.
+                sync_spawn(lambda: self._release_unknown_claim(scope, key, token, policy.lease))
                 if self.observer is not None:
                     self.observer.outcome("store_unavailable", scope, key, error=exc)
                 raise
@@ -322,19 +328,30 @@ class Engine:
                     sync_sleep(decision.delay)
                     attempt += 1
 
-    def _release_unknown_claim(self, scope: str, key: str, token: str) -> None:
-        """Best effort, bounded by the store's own timeout: a store that is down fails this
-        at once, and a claim that was never written has nothing to release."""
-        try:
-            self.store.release(scope, key, token)
-        except Exception:
-            log.debug(
-                "idempo: could not release the unknown claim of %r/%r; it frees itself when its "
-                "lease runs out",
-                scope,
-                key,
-                exc_info=True,
-            )
+    def _release_unknown_claim(self, scope: str, key: str, token: str, lease: float) -> None:
+        """Best effort. A store that is still down is asked again, with backoff, until the
+        claim's lease would have run out anyway: a stalled server may run the queued claim only
+        once it resumes. A claim that was never written has nothing to release."""
+        delay = 0.25
+        deadline = time.monotonic() + lease
+        while True:
+            try:
+                self.store.release(scope, key, token)
+                return
+            except StoreUnavailableError:
+                if time.monotonic() + delay >= deadline:
+                    break
+                sync_sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                break
+        log.debug(
+            "idempo: could not release the unknown claim of %r/%r; it frees itself when its "
+            "lease runs out",
+            scope,
+            key,
+            exc_info=True,
+        )
 
     def run(
         self,

@@ -92,40 +92,30 @@ class Request(Protocol):
         IncompleteBodyError); None when the client went away before it arrived."""
 
 
-class Recorder:
+class Recorder(ResponseCapture):
     """One executing request's response, recorded on its way out (starlette's responder
     pattern): the adapter reports the status line (:meth:`start`) and each chunk (:meth:`add`),
     then :meth:`finish` at the last chunk, before the client can see the end of it, or
     :meth:`abandon` when the response stops short. Either one ends the lease's heartbeat and
     settles the key once; later calls do nothing. ``body`` is the request body that was read,
-    for the app."""
+    for the app. It *is* the response capture (no object or call in between: this runs for
+    every chunk of every guarded response)."""
 
-    __slots__ = ("_capture", "_config", "body", "held", "settled")
+    __slots__ = ("_config", "body", "held", "settled")
 
     def __init__(self, held: Held, config: HttpConfig, body: bytes) -> None:
+        super().__init__(config.max_response_bytes)
         self.held = held
         self.body = body
         self.settled = False
         self._config = config
-        self._capture = ResponseCapture(config.max_response_bytes)
-
-    @property
-    def started(self) -> bool:
-        """The app has answered (its status line went out)."""
-        return self._capture.started
-
-    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self._capture.start(status, headers)
-
-    def add(self, chunk: bytes) -> None:
-        self._capture.add(chunk)
 
     def finish(self) -> None:
         """The response ran to its end: keep it (or release the key, for an answer never
         kept)."""
         if not self.settled:
             self.settled = True
-            self.held.settle(outcome_for(self._config, self._capture))
+            self.held.settle(outcome_for(self._config, self))
 
     def abandon(self, *, client_gone: bool) -> None:
         """The response stopped short. ``client_gone``: sending to the client failed after
@@ -134,7 +124,7 @@ class Recorder:
         if not self.settled:
             self.settled = True
             self.held.settle(
-                outcome_for_abandoned(self._config, self._capture, client_gone=client_gone)
+                outcome_for_abandoned(self._config, self, client_gone=client_gone)
             )
 
 

@@ -10,10 +10,18 @@ URL                                        store
 ``mysql://user:pass@host:3306/db``          :class:`~idempo.stores.mysql.MySQLStore` (MariaDB)
 =========================================  =============================================
 
+Every option a store takes can also ride in its URL's query, typed, so that a URL alone
+configures it: ``postgresql://app@db/app?schema=idempo&timeout=2&max_size=20``,
+``sqlite:///idempo.db?timeout=10``. An unknown option is an error naming the known ones, and an
+option given both in the URL and as a keyword argument is an error (see
+:mod:`idempo.stores._url`).
+
 A plain map from scheme to module: each module offers ``open_sync(url, **options)`` and
 ``open_async(url, **options)``, and may offer ``open_pair(url, **options)`` when its two kinds
-should share one store (see :func:`open_pair`). Integrations are imported only when their scheme
-is used, so a missing extra gives a clear error naming it.
+should share one store (see :func:`open_pair`), and ``URL_OPTIONS`` (a
+:class:`~idempo.stores._url.UrlOptions`) naming what its URL's query may carry: the options are
+taken out of the URL and passed to those functions as keyword arguments. Integrations are
+imported only when their scheme is used, so a missing extra gives a clear error naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from idempo.stores._url import redact
 from idempo.stores.base import AsyncStore, Store
 
 __all__ = ["AsyncStore", "Store", "open_async_store", "open_pair", "open_store"]
@@ -44,7 +53,7 @@ def _module(url: str) -> Any:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
-        raise ValueError(f"unknown store URL scheme in {url!r}; idempo knows {known}")
+        raise ValueError(f"unknown store URL scheme in {redact(url)!r}; idempo knows {known}")
     module, extra = _SCHEMES[scheme]
     try:
         return importlib.import_module(module)
@@ -56,15 +65,28 @@ def _module(url: str) -> Any:
         ) from exc
 
 
+def _resolve(url: str, options: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """The store's module, and the URL and options it gets once the query's options are out."""
+    module = _module(url)
+    declared = getattr(module, "URL_OPTIONS", None)
+    if declared is not None:
+        url, options = declared.split(url, options)
+    return module, url, options
+
+
 def open_store(url: str, **options: Any) -> Store:
-    """Open a synchronous store by URL. ``options`` go to the store's constructor."""
-    store: Store = _module(url).open_sync(url, **options)
+    """Open a synchronous store by URL. ``options`` (and those of the URL's query) go to the
+    store's constructor."""
+    module, url, options = _resolve(url, options)
+    store: Store = module.open_sync(url, **options)
     return store
 
 
 def open_async_store(url: str, **options: Any) -> AsyncStore:
-    """Open an asynchronous store by URL. ``options`` go to the store's constructor."""
-    store: AsyncStore = _module(url).open_async(url, **options)
+    """Open an asynchronous store by URL. ``options`` (and those of the URL's query) go to the
+    store's constructor."""
+    module, url, options = _resolve(url, options)
+    store: AsyncStore = module.open_async(url, **options)
     return store
 
 
@@ -82,7 +104,7 @@ def open_pair(url: str, **options: Any) -> tuple[Store, AsyncStore]:
     Both are opened at once: no store connects before its first operation, so a side that is
     never used costs no connection.
     """
-    module = _module(url)
+    module, url, options = _resolve(url, options)
     pair = getattr(module, "open_pair", None)
     if pair is not None:
         both: tuple[Store, AsyncStore] = pair(url, **options)

@@ -28,14 +28,17 @@ __all__ = [
     "marker",
     "migration",
     "migration_sql",
+    "scan_statement",
     "statements",
+    "stats_statement",
     "store_errors",
 ]
 
 # The version of the DDL below. Bump it whenever a table column, index or function changes:
 # auto-migration compares it with the marker comment on the claim function to skip the DDL (and
 # the privileges it needs) when the schema is already current.
-SCHEMA_VERSION = 1
+# 2: the partial index of in-progress records (scan, stats).
+SCHEMA_VERSION = 2
 # pg_advisory_xact_lock key serialising migrations across processes ("idempo" in ASCII).
 MIGRATE_LOCK = 0x6964656D706F
 # PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1), silently,
@@ -75,6 +78,15 @@ CREATE TABLE IF NOT EXISTS {table} (
 
 # purge_expired walks this index in batches instead of scanning the table.
 _INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)"
+
+# scan(state="in_progress") and stats() walk only the records in flight, few next to the
+# completed ones kept for replay. Partial: a completed row version is not in it, so only
+# claims pay for it. (SCHEMA_VERSION 2; on a large existing table, build it beforehand with
+# CREATE INDEX CONCURRENTLY under this name, since the migration's CREATE INDEX blocks writes.)
+_IN_PROGRESS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS {index} ON {table} (scope, key) WHERE state = 'in_progress'"
+)
+_IN_PROGRESS_SUFFIX = "_inflight_idx"
 
 # The claim decision table of idempo.stores.base, exactly as idempo.core.transitions.claim
 # decides it, in one server-side call.
@@ -355,6 +367,7 @@ class Statements:
     get: sql.Composed
     delete: sql.Composed
     purge: sql.Composed
+    in_progress_index: sql.Identifier
 
 
 def statements(schema: str, table: str) -> Statements:
@@ -378,7 +391,64 @@ def statements(schema: str, table: str) -> Statements:
         get=sql.SQL(_GET).format(table=qualified),
         delete=sql.SQL(_DELETE).format(table=qualified),
         purge=sql.SQL(_PURGE).format(table=qualified),
+        in_progress_index=sql.Identifier(f"{table}{_IN_PROGRESS_SUFFIX}"),
     )
+
+
+# scan: one page, read by one statement. The clock is read once (an InitPlan: a plain value
+# for the index condition); the page is at most %(limit)s rows after the cursor in (scope, key)
+# order, through the primary key or, for in-progress records, the partial index (the state is
+# a literal so that a generic plan can use it). The page is LEFT JOINed to the clock so that an
+# empty page still tells the time. Expiry and age are judged by the caller on the rows
+# examined, so a page's work is bounded however few rows match. No token, no outcome.
+_SCAN = """
+WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
+SELECT extract(epoch FROM c.now)::float8, w.*
+FROM c LEFT JOIN LATERAL (
+    SELECT t.scope, t.key, t.fingerprint, t.state,
+        extract(epoch FROM t.lease_until)::float8, t.recovery_point,
+        extract(epoch FROM t.created_at)::float8, extract(epoch FROM t.expires_at)::float8,
+        t.format
+    FROM {table} AS t
+    WHERE {where}
+    ORDER BY t.scope, t.key
+    LIMIT %(limit)s
+) AS w ON true
+ORDER BY w.scope, w.key
+"""
+
+# stats: one statement; each count reads only what it needs (the in-progress counts the partial
+# index, the expired count the expires_at index); the completed count is a scan of the table.
+_STATS = """
+WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now)
+SELECT
+    (SELECT count(*) FROM {table} AS t, c
+      WHERE t.state = 'in_progress' AND t.expires_at > c.now),
+    (SELECT count(*) FROM {table} AS t, c
+      WHERE t.state = 'completed' AND t.expires_at > c.now),
+    (SELECT count(*) FROM {table} AS t WHERE t.expires_at <= (SELECT now FROM c)),
+    (SELECT count(*) FROM {table} AS t, c
+      WHERE t.state = 'in_progress' AND t.expires_at > c.now AND t.lease_until <= c.now),
+    (SELECT extract(epoch FROM min(t.created_at))::float8 FROM {table} AS t, c
+      WHERE t.state = 'in_progress' AND t.expires_at > c.now),
+    (SELECT extract(epoch FROM now)::float8 FROM c)
+"""
+
+
+def scan_statement(s: Statements, state: str | None, scoped: bool) -> sql.Composed:
+    """The page statement for one filter shape (parameters ``scope``, ``key``, ``limit``)."""
+    where = (
+        "t.scope = %(scope)s AND t.key > %(key)s"
+        if scoped
+        else ("(t.scope, t.key) > (%(scope)s, %(key)s)")
+    )
+    if state is not None:
+        where += f" AND t.state = {sql.quote(state)}"
+    return sql.SQL(_SCAN).format(table=s.table, where=sql.SQL(where))
+
+
+def stats_statement(s: Statements) -> sql.Composed:
+    return sql.SQL(_STATS).format(table=s.table)
 
 
 def migration(s: Statements) -> list[sql.Composed]:
@@ -391,6 +461,7 @@ def migration(s: Statements) -> list[sql.Composed]:
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(schema=s.schema),
         sql.SQL(_TABLE).format(table=s.table),
         sql.SQL(_INDEX).format(index=s.index, table=s.table),
+        sql.SQL(_IN_PROGRESS_INDEX).format(index=s.in_progress_index, table=s.table),
         sql.SQL(_CLAIM_FUNCTION).format(
             function=s.function, body=sql.Literal(body.as_string(None))
         ),

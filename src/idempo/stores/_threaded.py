@@ -12,8 +12,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from idempo.core.records import ClaimResult, Record
-from idempo.stores.base import Store
+from idempo.core.records import ClaimResult, Record, State
+from idempo.stores.base import Page, Stats, Store
 
 __all__ = ["SyncStoreAsAsync"]
 
@@ -65,6 +65,27 @@ class SyncStoreAsAsync:
 
     async def purge_expired(self, limit: int = 1000) -> int:
         return await self._run(self.sync_store.purge_expired, limit)
+
+    async def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        return await self._run(
+            self.sync_store.scan,
+            state=state,
+            scope=scope,
+            older_than=older_than,
+            cursor=cursor,
+            limit=limit,
+        )
+
+    async def stats(self) -> Stats:
+        return await self._run(self.sync_store.stats)
 
     async def migrate(self) -> None:
         await self._run(self.sync_store.migrate)

@@ -40,15 +40,57 @@ returns whether it did. ``get`` returns the live record (without its token) or N
 ``delete`` removes it whatever its state (True if a live record was removed);
 ``purge_expired(limit)`` deletes at most ``limit`` expired records in one batch and returns how
 many (stores whose server expires keys itself return 0).
+
+Two operations serve operators, not requests (the ``idempo keys list`` and ``idempo stats``
+commands, dashboards, ``idempo recover --stalled``):
+
+``scan(state=, scope=, older_than=, cursor=, limit=)`` returns one :class:`Page` of live records
+(in (scope, key) order, except on Redis, which lists in SCAN's order), filtered by state, by
+scope and by age (``older_than``: created at least that many seconds ago by the store's clock).
+Pass ``page.cursor`` back for the next page; the listing is over when it is None. The cursor is
+opaque: only the store that made it reads it. A page examines at most ``limit`` stored records
+(index-backed: a page never loads the table), so a page may hold fewer records than ``limit``,
+even none, before the end. Records come without their fencing token and without their outcome
+(``get`` one for its outcome). A listing is not a snapshot: a record written while it runs may
+or may not appear; on Redis (whose SCAN it is) one may even appear twice, and a page may hold a
+few more than ``limit``.
+
+``stats()`` returns :class:`Stats`: live records by state, how many of the in-progress ones are
+*stalled* (lease run out, nobody took over: a crashed holder), expired records not purged yet,
+and the age of the oldest in-progress record. SQL stores count in one statement on the server;
+Redis counts by a paged SCAN of the store's prefix (see :mod:`idempo.stores._async.redis`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from idempo.core.records import ClaimResult, Record
+from idempo.core.records import ClaimResult, Record, State
 
-__all__ = ["AsyncStore", "Store"]
+__all__ = ["AsyncStore", "Page", "Stats", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`Store.scan`."""
+
+    records: tuple[Record, ...]  # live records, token and outcome None
+    cursor: str | None  # pass it back for the next page; None: the listing is over
+    now: float  # the store's clock when it read the page (compare leases with it)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What :meth:`Store.stats` counts, by the store's clock ``now``."""
+
+    in_progress: int  # live in-progress records (stalled ones included)
+    completed: int  # live completed records
+    expired: int  # past expires_at, not purged yet (absent for every other operation)
+    stalled: int  # in progress, lease run out: the holder crashed or stalled
+    # Seconds since the oldest live in-progress record was created (None: none in progress).
+    oldest_in_progress_age: float | None
+    now: float
 
 
 @runtime_checkable
@@ -74,6 +116,18 @@ class Store(Protocol):
     def delete(self, scope: str, key: str) -> bool: ...
 
     def purge_expired(self, limit: int = 1000) -> int: ...
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page: ...
+
+    def stats(self) -> Stats: ...
 
     def migrate(self) -> None:
         """Create or upgrade the store's schema (idempotent)."""
@@ -107,6 +161,18 @@ class AsyncStore(Protocol):
     async def delete(self, scope: str, key: str) -> bool: ...
 
     async def purge_expired(self, limit: int = 1000) -> int: ...
+
+    async def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page: ...
+
+    async def stats(self) -> Stats: ...
 
     async def migrate(self) -> None: ...
 

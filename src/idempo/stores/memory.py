@@ -6,26 +6,65 @@ see each other's. The clock is injectable so that tests can move time without sl
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core.records import Record
+from idempo.core.records import Record, State
+from idempo.errors import StoreUnavailableError
+from idempo.stores import _scan
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, number
+from idempo.stores.base import Page, Stats
 
-__all__ = ["AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+__all__ = ["URL_OPTIONS", "AsyncMemoryStore", "MemoryStore", "open_async", "open_pair", "open_sync"]
+
+# What memory://?... may carry (see idempo.stores._url); clock= is for Python callers only.
+URL_OPTIONS = UrlOptions({"timeout": number})
+
+
+class _TimedLock:
+    """A lock whose ``with`` gives up after ``timeout`` seconds. A class, not a generator
+    context manager: it is entered on every operation of the fastest store."""
+
+    __slots__ = ("_lock", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self.timeout = timeout
+
+    def __enter__(self) -> bool:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StoreUnavailableError(
+                f"the memory store stayed locked longer than timeout={self.timeout:g}s"
+            )
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
 
 
 class MemoryStore(TransitionalStore[bool]):
-    """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds."""
+    """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds.
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    ``timeout`` (seconds, default 5), as on every store, bounds the wait for the store's lock:
+    it is held for microseconds, so only a thread stuck inside an operation (a debugger, a
+    clock that blocks) makes another give up with StoreUnavailableError.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, timeout: float = 5.0) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         self._records: dict[tuple[str, str], Record] = {}
-        self._lock = threading.Lock()
+        self._lock = _TimedLock(float(timeout))
         self._clock = clock
+        # scan's (scope, key) order: sorted by the first scan after a key came or went, so a
+        # page is a bisect (the sort is O(n log n): this store is for tests and small programs).
+        self._sorted: list[tuple[str, str]] | None = None
 
     # -- the hooks of TransitionalStore: one lock around a dict ---------------------------------
 
@@ -38,9 +77,12 @@ class MemoryStore(TransitionalStore[bool]):
         return self._clock(), self._records.get((scope, key))
 
     def _save(self, h: bool, operation: str, record: Record, *, insert: bool) -> None:
+        if insert:
+            self._sorted = None
         self._records[record.scope, record.key] = record
 
     def _remove(self, h: bool, operation: str, scope: str, key: str) -> None:
+        self._sorted = None
         del self._records[scope, key]
 
     def purge_expired(self, limit: int = 1000) -> int:
@@ -49,7 +91,44 @@ class MemoryStore(TransitionalStore[bool]):
             expired = [k for k, r in self._records.items() if r.expires_at <= now][:limit]
             for k in expired:
                 del self._records[k]
+            if expired:
+                self._sorted = None
             return len(expired)
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        with self._lock:
+            now = self._clock()
+            if self._sorted is None:
+                self._sorted = sorted(self._records)
+            order = self._sorted
+            start = bisect.bisect_right(order, after)
+            if scope is not None:
+                start = max(start, bisect.bisect_left(order, (scope, "")))
+            window = order[start : start + limit]
+            done = len(window) < limit
+            if scope is not None:
+                inside = [k for k in window if k[0] == scope]
+                done = done or len(inside) < len(window)  # sorted: past the scope, no more
+                window = inside
+            found = [self._records[k] for k in window]
+        records = tuple(_scan.listed(r) for r in found if _scan.shown(r, now, state, older_than))
+        return Page(records, None if done or not window else _scan.encode(*window[-1]), now)
+
+    def stats(self) -> Stats:
+        with self._lock:
+            now = self._clock()
+            records = list(self._records.values())
+        return _scan.Counter(now).add_all(records).stats()
 
     def __len__(self) -> int:
         return len(self._records)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from idempo.stores._url import UrlOptions, integer, number, text
+
 try:
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
     from idempo.stores._async.redis import AsyncRedisStore
     from idempo.stores._sync.redis import RedisStore
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -19,7 +23,21 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         f"idempo's Redis store needs the redis package: pip install 'idempo[redis]' ({exc})"
     ) from exc
 
-__all__ = ["AsyncRedisStore", "RedisStore", "open_async", "open_sync"]
+__all__ = ["URL_OPTIONS", "AsyncRedisStore", "RedisStore", "open_async", "open_sync"]
+
+# What redis://...?... may carry (see idempo.stores._url): from_url's options, and what redis-py
+# reads from the URL itself (socket_timeout, ...), left in the URL for it.
+URL_OPTIONS = UrlOptions(
+    {
+        "prefix": text,
+        "wait_replicas": integer,
+        "wait_timeout": number,
+        "max_connections": integer,
+        "pool_timeout": number,
+    },
+    driver=frozenset(URL_QUERY_ARGUMENT_PARSERS),
+    driver_name="redis-py",
+)
 
 
 def open_sync(url: str, **options: Any) -> RedisStore:

@@ -3,7 +3,7 @@
 Safe across the threads and processes of one host. Every operation is one ``BEGIN IMMEDIATE``
 transaction: the write lock is taken before the record is read, so two claimers can never both
 see it absent. The file runs in WAL mode (readers never wait for the writer) and waiting for the
-lock is bounded by ``busy_timeout``; past it the operation raises
+lock is bounded by ``timeout``; past it the operation raises
 :class:`~idempo.errors.StoreUnavailableError` and has written nothing. Not for network file
 systems: their locks are unreliable and WAL needs memory shared between the processes.
 
@@ -30,15 +30,19 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core.records import Record
+from idempo.core.records import Record, State
 from idempo.errors import IdempoError, StoreError, StoreUnavailableError
 from idempo.stores import _rows as rows
+from idempo.stores import _scan
 from idempo.stores._rows import RECORD_FORMAT
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
+from idempo.stores._url import UrlOptions, boolean, choice, number, text
+from idempo.stores.base import Page, Stats
 
 __all__ = [
     "RECORD_FORMAT",
+    "URL_OPTIONS",
     "SCHEMA_VERSION",
     "AsyncSQLiteStore",
     "SQLiteStore",
@@ -49,7 +53,8 @@ __all__ = [
 
 # The version of the table layout (kept in the idempo_schema table). Each row also carries the
 # record format it was written in (column format_version, idempo.stores._rows.RECORD_FORMAT).
-SCHEMA_VERSION = 1
+# 2: the partial index of in-progress records that scan() and stats() read.
+SCHEMA_VERSION = 2
 
 # Schema versions live in a table of their own, not in PRAGMA user_version: the database may be
 # the application's, whose own migrations may use user_version.
@@ -58,6 +63,15 @@ _META = "idempo_schema"
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+# What sqlite:///path.db?... may carry (see idempo.stores._url).
+URL_OPTIONS = UrlOptions(
+    {
+        "timeout": number,
+        "table": text,
+        "synchronous": choice(*_SYNCHRONOUS),
+        "auto_migrate": boolean,
+    }
+)
 # Primary result codes that mean "the data cannot be reached", not "the data is wrong".
 _UNAVAILABLE = {
     sqlite3.SQLITE_PERM,
@@ -71,6 +85,19 @@ _UNAVAILABLE = {
 # idempo.stores._rows.COLUMNS, in its order; this table names the format column format_version.
 _COLUMNS = (
     "fingerprint, state, token, lease_until, outcome, recovery_point, created_at, expires_at,"
+    " format_version"
+)
+
+
+# scan(state="in_progress") and stats() walk only the records in flight, which are few next to
+# the completed ones kept for replay. Partial: a completed record leaves the index, so claims
+# and completions pay for it only while a record is in progress. (SCHEMA_VERSION 2.)
+_IN_PROGRESS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS {index} ON {table} (scope, \"key\") WHERE state = 'in_progress'"
+)
+# scan's columns, in the order idempo.stores._scan.page reads them.
+_SCAN_COLUMNS = (
+    'scope, "key", fingerprint, state, lease_until, recovery_point, created_at, expires_at,'
     " format_version"
 )
 
@@ -109,8 +136,9 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
 
     ``path`` is a file (created if missing; its directory must exist) or ``":memory:"`` for a
     private in-memory database shared by this store's threads and gone when it is closed.
-    ``table`` names the records table. ``busy_timeout`` (seconds) bounds the wait for another
-    connection's write lock. ``synchronous`` is ``"NORMAL"``, ``"FULL"`` or ``"EXTRA"`` (see the
+    ``table`` names the records table. ``timeout`` (seconds, default 5) bounds the wait for
+    another connection's write lock (``busy_timeout``, its older name, is accepted too; give one
+    of the two). ``synchronous`` is ``"NORMAL"``, ``"FULL"`` or ``"EXTRA"`` (see the
     module docstring). ``auto_migrate`` creates the schema on first use; without it call
     :meth:`migrate` once (a deployment step).
 
@@ -123,20 +151,25 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         path: str | os.PathLike[str] = ":memory:",
         *,
         table: str = "idempo_records",
-        busy_timeout: float = 5.0,
+        timeout: float | None = None,
         synchronous: str = "NORMAL",
         auto_migrate: bool = True,
+        busy_timeout: float | None = None,
     ) -> None:
+        if timeout is not None and busy_timeout is not None:
+            raise TypeError("give timeout= or its older name busy_timeout=, not both")
+        if timeout is None:
+            timeout = 5.0 if busy_timeout is None else busy_timeout
         if not _IDENTIFIER.fullmatch(table) or table.lower().startswith(("sqlite_", _META)):
             raise ValueError(f"table must be a plain identifier (letters, digits, _): {table!r}")
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
-        if busy_timeout < 0:
-            raise ValueError("busy_timeout must be >= 0 seconds")
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0 seconds")
         self.path = os.fspath(path)
         self.table = table
         self._memory = self.path == ":memory:"
-        self._busy_timeout = float(busy_timeout)
+        self._busy_timeout = float(timeout)
         self._synchronous = synchronous.upper()
         self._auto_migrate = auto_migrate
         self._local = threading.local()
@@ -182,6 +215,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
             " recovery_point BLOB, created_at REAL NOT NULL, expires_at REAL NOT NULL,"
             ' format_version INTEGER NOT NULL, PRIMARY KEY (scope, "key"))',
             f'CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {t} (expires_at)',
+            _IN_PROGRESS_INDEX.format(index=f'"{table}_in_progress"', table=t),
         )
 
     # -- the contract (the rest is TransitionalStore's, over the hooks below) -------------------
@@ -196,6 +230,61 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
             raise ValueError("limit must be >= 0")  # SQLite reads a negative LIMIT as "no limit"
         with self._session() as conn:
             return conn.execute(self._sql_purge, (limit,)).rowcount
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        params = (scope, after[1] if after[0] == scope else "") if scope is not None else after
+        with self._session() as conn:
+            c = conn.cursor()
+            c.row_factory = None  # plain tuples, whatever the (caller's) connection's factory
+            found = c.execute(self._scan_sql(state, scope is not None), (*params, limit)).fetchall()
+        now = float(found[0][0])
+        window = [row[1:] for row in found if row[1] is not None]
+        return _scan.page(
+            now, window, state=state, older_than=older_than, limit=limit, where=self._where()
+        )
+
+    def _scan_sql(self, state: State | None, scoped: bool) -> str:
+        """One page: the store's clock, LEFT JOINed to at most ``limit`` rows after the cursor
+        in (scope, key) order (the primary key; for in-progress records the partial index),
+        so that an empty page still tells the time. Expiry and age are judged in Python, on
+        the rows examined, so that a page's work is bounded however few of them match."""
+        t = f'"{self.table}"'
+        where = 'scope = ? AND "key" > ?' if scoped else '(scope, "key") > (?, ?)'
+        if state is not None:
+            where += f" AND state = '{state.value}'"  # a literal: the partial index needs it
+        return (
+            f"SELECT c.now, w.* FROM (SELECT {_NOW} AS now) AS c LEFT JOIN"
+            f" (SELECT {_SCAN_COLUMNS} FROM {t} WHERE {where}"
+            ' ORDER BY scope, "key" LIMIT ?) AS w ON 1'
+            ' ORDER BY w.scope, w."key"'
+        )
+
+    def stats(self) -> Stats:
+        t = f'"{self.table}"'
+        live = "expires_at > c.now"
+        flight = f"FROM {t} WHERE state = 'in_progress' AND {live}"
+        query = (
+            f"SELECT (SELECT count(*) {flight}),"
+            f" (SELECT count(*) FROM {t} WHERE state = 'completed' AND {live}),"
+            f" (SELECT count(*) FROM {t} WHERE expires_at <= c.now),"
+            f" (SELECT count(*) {flight} AND lease_until <= c.now),"
+            f" (SELECT min(created_at) {flight}),"
+            f" c.now FROM (SELECT {_NOW} AS now) AS c"
+        )
+        with self._session() as conn:
+            c = conn.cursor()
+            c.row_factory = None
+            return _scan.stats_row(c.execute(query).fetchone())
 
     def migrate(self) -> None:
         """Create the table and its index if missing (idempotent, safe to run concurrently);
@@ -232,7 +321,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         if self._auto_migrate and not self._ready:
             if conn.in_transaction:
                 # The caller may already hold the write lock, which our own connection would
-                # wait for until busy_timeout: create the schema in the caller's transaction
+                # wait for until the timeout: create the schema in the caller's transaction
                 # instead (it commits with it; _ready stays unset, so the next bind checks again).
                 try:
                     if self._check_version(conn) < SCHEMA_VERSION:
@@ -281,7 +370,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         if not self._turns.acquire(timeout=self._busy_timeout):
             raise StoreUnavailableError(
                 f"the in-memory SQLite store stayed busy longer than"
-                f" busy_timeout={self._busy_timeout:g}s"
+                f" timeout={self._busy_timeout:g}s"
             )
         try:
             yield
@@ -314,8 +403,8 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # The mode is stored in the file, so once is enough. Switching needs an exclusive lock
         # and SQLite reports "locked" at once, without its busy handler, while another
-        # connection (another process opening the same new file) reads: retry until
-        # busy_timeout.
+        # connection (another process opening the same new file) reads: retry until the
+        # timeout.
         deadline = time.monotonic() + self._busy_timeout
         while True:
             try:
@@ -419,7 +508,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
         message = str(exc)
         if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
             return StoreUnavailableError(
-                f"{self._where()} stayed locked longer than busy_timeout={self._busy_timeout:g}s"
+                f"{self._where()} stayed locked longer than timeout={self._busy_timeout:g}s"
                 f" (another connection holds a long write transaction): {message}"
             )
         if primary in _UNAVAILABLE or "unable to open" in message:
@@ -434,7 +523,7 @@ class SQLiteStore(TransitionalStore[sqlite3.Connection]):
 
 @contextlib.contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, its lock taken up front (waiting up to busy_timeout for it)."""
+    """One write transaction, its lock taken up front (waiting up to the timeout for it)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

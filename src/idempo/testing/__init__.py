@@ -3,9 +3,9 @@
 Two tiers, each in a sync and an async flavour; subclass one and provide its fixtures:
 
 * ``StoreConformance`` / ``AsyncStoreConformance``: the store contract every store keeps
-  (claim, complete, leases, expiry, purge, concurrency, the store's clock); needs a ``store``
-  fixture, and reads what a store cannot do from a ``capabilities`` fixture, a
-  :class:`Capabilities` (see :mod:`idempo.testing._async.conformance`).
+  (claim, complete, leases, expiry, purge, concurrency, the store's clock, scan and stats);
+  needs a ``store`` fixture, and reads what a store cannot do from a ``capabilities`` fixture,
+  a :class:`Capabilities` (see :mod:`idempo.testing._async.conformance`).
 * ``ServerStoreConformance`` / ``AsyncServerStoreConformance``: what a store on a server
   promises beyond it (migrations, a down server, lost leases, newer record formats, tokens kept
   on the server, purge beside live records); needs ``location``, ``store``,

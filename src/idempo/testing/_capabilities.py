@@ -15,3 +15,6 @@ class Capabilities:
     expires_natively: bool = False
     #: Time comes from the store's clock (False for an in-process store: the client's clock).
     server_clock: bool = True
+    #: A scan lists each record once and a page never holds more than ``limit`` records, in
+    #: (scope, key) order (False for Redis, whose SCAN promises none of it).
+    scan_exact: bool = True

@@ -21,7 +21,9 @@ mid-transaction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -32,23 +34,30 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool
 
 from idempo._primitives import Lock
-from idempo.core.records import ClaimResult, ClaimStatus, Record
+from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError
+from idempo.stores import _scan
 from idempo.stores._postgres_sql import (
     CLAIM_ARGS,
     IS_CURRENT,
     MIGRATE_LOCK,
     marker,
     migration,
+    scan_statement,
     statements,
+    stats_statement,
     store_errors,
 )
 from idempo.stores._rows import lease_lost, record
+from idempo.stores._watchdog import WATCHDOG, Watch
+from idempo.stores.base import Page, Stats
 
 __all__ = ["BoundPostgresStore", "PostgresStore"]
 
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
+# The bound on migrate(), whatever ``timeout`` is: DDL may wait for locks that busy writers hold.
+MIGRATE_TIMEOUT = 60.0
 
 
 class PostgresStore:
@@ -73,6 +82,13 @@ class PostgresStore:
     on the schema and SELECT, INSERT, UPDATE, DELETE on the table (EXECUTE on the claim
     function is granted to PUBLIC by default).
 
+    ``timeout`` (seconds, default 5) bounds every round trip on the store's connections, on the
+    client's clock: a server that does not answer within it (paused, partitioned, overloaded)
+    gives StoreUnavailableError, and the connection is discarded, never reused mid-reply (see
+    :mod:`idempo.stores._watchdog`). ``migrate()`` is bounded by ``MIGRATE_TIMEOUT`` (60 s) or
+    ``timeout`` if longer. Statements of :meth:`bind` run on the caller's connection and are the
+    caller's to bound: there a duplicate's claim legitimately waits for the first transaction.
+
     The table name must be at most 48 bytes (PostgreSQL truncates longer identifiers, which its
     index and function names are derived from).
     """
@@ -85,8 +101,12 @@ class PostgresStore:
         table: str = "idempo_records",
         auto_migrate: bool = True,
         owns_pool: bool = False,
+        timeout: float = 5.0,
     ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         self._sql = statements(schema, table)
+        self._timeout = float(timeout)
         self._schema_name = schema
         self._table_name = table
         self._pool = pool
@@ -108,35 +128,47 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 10,
         auto_migrate: bool = True,
-        pool_timeout: float = 10.0,
+        timeout: float = 5.0,
+        pool_timeout: float | None = None,
         **connect_kwargs: Any,
     ) -> PostgresStore:
         """A store with its own pool of ``min_size``..``max_size`` autocommit connections.
 
-        Callers beyond ``max_size`` queue for a connection for up to ``pool_timeout`` seconds,
-        then get StoreUnavailableError. ``connect_kwargs`` go to ``psycopg.connect`` (for
-        example ``connect_timeout``, default 5 seconds unless the URL sets it,
-        ``application_name``, or ``prepare_threshold=None`` behind a pgbouncer that cannot keep
-        prepared statements). The pool opens on first use.
+        ``timeout`` bounds each round trip (see the class). Callers beyond ``max_size`` queue
+        for a connection for up to ``pool_timeout`` seconds (default: ``timeout``), then get
+        StoreUnavailableError. ``connect_kwargs`` go to ``psycopg.connect`` (for example
+        ``connect_timeout``, by default ``timeout`` rounded up to whole seconds, at least 2,
+        unless the URL sets it; ``application_name``; or ``prepare_threshold=None`` behind a
+        pgbouncer that cannot keep prepared statements). The pool opens on first use.
         """
         statements(schema, table)  # refuse bad names before a pool exists
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         kwargs = dict(connect_kwargs)
         kwargs["autocommit"] = True
         if "connect_timeout" not in kwargs and "connect_timeout" not in conninfo_to_dict(url):
-            # libpq waits forever by default: a black-holed server would stall the pool.
-            kwargs["connect_timeout"] = 5
+            # libpq waits forever by default: a black-holed server would stall the pool. It
+            # counts whole seconds, and psycopg raises anything below 2 to 2.
+            kwargs["connect_timeout"] = max(2, math.ceil(timeout))
         pool = ConnectionPool(
             url,
             kwargs=kwargs,
             min_size=min_size,
             max_size=max_size,
-            timeout=pool_timeout,
+            timeout=timeout if pool_timeout is None else pool_timeout,
             name=f"idempo:{schema}.{table}",
             # Opened on first use, in _ensure_ready: psycopg_pool deprecates opening in the
             # constructor, and an asyncio pool can only open inside a running event loop.
             open=False,
         )
-        return cls(pool, schema=schema, table=table, auto_migrate=auto_migrate, owns_pool=True)
+        return cls(
+            pool,
+            schema=schema,
+            table=table,
+            auto_migrate=auto_migrate,
+            owns_pool=True,
+            timeout=timeout,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -191,10 +223,15 @@ class PostgresStore:
         with store_errors("migrate"):
             with self._pool.connection() as conn:
                 self._check_autocommit(conn)
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-                    for statement in migration(self._sql):
-                        conn.execute(statement)
+                with self._watched(conn, "migrate", max(self._timeout, MIGRATE_TIMEOUT)) as watch:
+                    try:
+                        with conn.transaction():
+                            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                            for statement in migration(self._sql):
+                                conn.execute(statement)
+                    finally:
+                        if watch.fired:
+                            conn.close()
 
     def close(self) -> None:
         """Close the pool if this store created it (from_url); a pool passed in stays open."""
@@ -242,13 +279,25 @@ class PostgresStore:
         with store_errors(operation):
             with self._pool.connection() as conn:
                 self._check_autocommit(conn)
-                if _PIPELINE:
-                    with conn.pipeline():
-                        cursor = conn.execute(query, params)
-                else:
-                    cursor = conn.execute(query, params)
-                rows = cursor.fetchall() if cursor.description is not None else []
+                with self._watched(conn, operation, self._timeout) as watch:
+                    try:
+                        if _PIPELINE:
+                            with conn.pipeline():
+                                cursor = conn.execute(query, params)
+                        else:
+                            cursor = conn.execute(query, params)
+                        rows = cursor.fetchall() if cursor.description is not None else []
+                    finally:
+                        if watch.fired:
+                            # Shut down mid-protocol: closed, so that the pool discards it.
+                            conn.close()
                 return rows, cursor.rowcount
+
+    @staticmethod
+    def _watched(
+        conn: Connection[TupleRow], operation: str, timeout: float
+    ) -> AbstractContextManager[Watch]:
+        return WATCHDOG.guard(conn.fileno(), timeout, f"PostgreSQL store, during {operation}")
 
     def _run(
         self,
@@ -327,6 +376,28 @@ class PostgresStore:
         _, count = self._execute("purge_expired", self._sql.purge, (limit,))
         return max(count, 0)
 
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after = _scan.decode(cursor)
+        if scope is not None:
+            after = (scope, after[1] if after[0] == scope else "")
+        query = scan_statement(self._sql, None if state is None else state.value, scope is not None)
+        rows = self._run("scan", query, {"scope": after[0], "key": after[1], "limit": limit})
+        window = [row[1:] for row in rows if row[1] is not None]
+        return _scan.page(rows[0][0], window, state=state, older_than=older_than, limit=limit)
+
+    def stats(self) -> Stats:
+        rows = self._run("stats", stats_statement(self._sql), ())
+        return _scan.stats_row(rows[0])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schema={self._schema_name!r}, table={self._table_name!r})"
 
@@ -342,6 +413,7 @@ class BoundPostgresStore(PostgresStore):
             table=parent._table_name,
             auto_migrate=parent._auto_migrate,
             owns_pool=False,
+            timeout=parent._timeout,
         )
         self._parent = parent
         self._conn = conn

@@ -35,6 +35,9 @@ from redis.exceptions import NoScriptError, RedisError
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError
 from idempo.stores import _redis_lua as lua
+from idempo.stores import _redis_scan as rscan
+from idempo.stores import _scan
+from idempo.stores.base import Page, Stats
 
 __all__ = ["RedisStore"]
 
@@ -232,6 +235,87 @@ class RedisStore:
         """Nothing to do: every record carries PEXPIREAT its expires_at, so Redis removes it
         itself (and the scripts treat a record past expires_at as absent until it does)."""
         return 0
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """One SCAN page of the prefix (MATCH on the scope's keys when ``scope`` is given,
+        COUNT ``limit``), then its records in one pipeline: two round trips, three on Redis
+        Cluster (see :mod:`idempo.stores._redis_scan`). The cursor is Redis's own (on a
+        cluster, with the primary it is at). SCAN may return a key twice, and a few more than
+        COUNT."""
+        state = _scan.check(state, limit, older_than)
+        following, now, redis_keys, replies = self._page(
+            cursor, scope, limit, rscan.SCAN_FIELDS
+        )
+        found = (rscan.record(self.prefix, k, r) for k, r in zip(redis_keys, replies, strict=True))
+        records = tuple(r for r in found if r and _scan.shown(r, now, state, older_than))
+        return Page(records, following, now)
+
+    def stats(self) -> Stats:
+        """Counted over a SCAN of the prefix, 1000 keys a page (two round trips each; see
+        :mod:`idempo.stores._redis_scan` for the cost), by the clock of the first page. No
+        counters are kept: an INCR per claim on one shared key would add a write to every
+        operation (and a second key, which a Cluster script may not touch), and keys that
+        Redis expires by itself would leave the counts wrong."""
+        following, now, redis_keys, replies = self._page(None, None, 1000, rscan.STATS_FIELDS)
+        counter = _scan.Counter(now)
+        while True:
+            rscan.count(counter, self.prefix, redis_keys, replies)
+            if following is None:
+                return counter.stats()
+            following, _, redis_keys, replies = self._page(
+                following, None, 1000, rscan.STATS_FIELDS
+            )
+
+    def _page(
+        self, cursor: str | None, scope: str | None, count: int, fields: tuple[str, ...]
+    ) -> tuple[str | None, float, list[bytes], list[Any]]:
+        """One SCAN step from ``cursor``, then an HMGET of ``fields`` per key found, pipelined:
+        (the next cursor or None, the server's clock, the keys, their replies)."""
+        pattern = rscan.match(self.prefix, scope)
+        try:
+            if isinstance(self.client, RedisCluster):
+                # A cluster pipeline refuses TIME, and TIME also makes a new client learn the
+                # topology: one round trip more, then SCAN one primary at a time.
+                # redis-py types the cluster client loosely (SCAN answers {node name: cursor}).
+                cluster: Any = self.client
+                now = rscan.clock(cluster.time())
+                primaries = sorted(cluster.get_primaries(), key=lambda n: str(n.name))
+                index, at = rscan.cluster_position(cursor, len(primaries))
+                node = primaries[index]
+                ats, redis_keys = cluster.scan(
+                    at, match=pattern, count=count, target_nodes=node
+                )
+                following = rscan.cluster_cursor(index, int(ats[node.name]), len(primaries))
+                with cluster.pipeline() as pipe:
+                    for redis_key in redis_keys:
+                        pipe.hmget(redis_key, fields)
+                    replies = pipe.execute(raise_on_error=False)
+            else:
+                at, redis_keys = self.client.scan(
+                    rscan.position(cursor), match=pattern, count=count
+                )
+                following = str(at) if int(at) else None
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.time()
+                    for redis_key in redis_keys:
+                        pipe.hmget(redis_key, fields)
+                    # A key under the prefix that is no hash answers WRONGTYPE: it is skipped.
+                    time_reply, *replies = pipe.execute(raise_on_error=False)
+                if isinstance(time_reply, RedisError):
+                    raise time_reply
+                now = rscan.clock(time_reply)
+        except (RedisError, OSError) as exc:
+            raise lua.translated(exc) from exc
+        keys = [k if isinstance(k, bytes) else k.encode() for k in redis_keys]
+        return following, now, keys, replies
 
     def migrate(self) -> None:
         """Nothing to create: records are self-describing hashes (schema field ``v``)."""

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from idempo.stores._rows import RECORD_FORMAT
+from idempo.stores._url import UrlOptions, boolean, integer, number, text
 from idempo.stores.mysql._bound import BoundMySQLStore
 from idempo.stores.mysql._pool import connect_kwargs
 from idempo.stores.mysql._sql import SCHEMA_VERSION
@@ -61,6 +62,7 @@ from idempo.stores.mysql._store import AsyncMySQLStore, MySQLStore
 __all__ = [
     "RECORD_FORMAT",
     "SCHEMA_VERSION",
+    "URL_OPTIONS",
     "AsyncMySQLStore",
     "BoundMySQLStore",
     "MySQLStore",
@@ -69,6 +71,30 @@ __all__ = [
     "open_pair",
     "open_sync",
 ]
+
+# What mysql://...?... may carry (see idempo.stores._url): MySQLStore's options and the PyMySQL
+# connection arguments a deployment sets (the URL itself is parsed by connect_kwargs).
+URL_OPTIONS = UrlOptions(
+    {
+        "table": text,
+        "max_size": integer,
+        "timeout": number,
+        "pool_timeout": number,
+        "max_idle": number,
+        "auto_migrate": boolean,
+        "migrate_lock_timeout": number,
+        "connect_timeout": number,
+        "read_timeout": number,
+        "write_timeout": number,
+        "charset": text,
+        "unix_socket": text,
+        "ssl_ca": text,
+        "ssl_cert": text,
+        "ssl_key": text,
+        "ssl_verify_cert": boolean,
+        "ssl_verify_identity": boolean,
+    }
+)
 
 
 def open_sync(url: str, **options: Any) -> MySQLStore:

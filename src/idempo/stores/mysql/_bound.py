@@ -11,10 +11,11 @@ import pymysql  # type: ignore[import-untyped]
 import pymysql.cursors  # type: ignore[import-untyped]
 from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
-from idempo.core.records import Record
+from idempo.core.records import Record, State
 from idempo.errors import StoreError
 from idempo.stores import _rows as rows
 from idempo.stores._transitional import RowConflict, TransitionalStore
+from idempo.stores.base import Page, Stats
 from idempo.stores.mysql._errors import store_errors
 from idempo.stores.mysql._sql import quote
 
@@ -138,6 +139,22 @@ class BoundMySQLStore(TransitionalStore[None]):
 
     def purge_expired(self, limit: int = 1000) -> int:
         return self._parent.purge_expired(limit)
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        return self._parent.scan(
+            state=state, scope=scope, older_than=older_than, cursor=cursor, limit=limit
+        )
+
+    def stats(self) -> Stats:
+        return self._parent.stats()
 
     def migrate(self) -> None:
         self._parent.migrate()

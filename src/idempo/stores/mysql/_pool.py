@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql  # type: ignore[import-untyped]
 
 from idempo.errors import StoreError, StoreUnavailableError
+from idempo.stores._url import redact
 from idempo.stores.mysql._errors import session_intact
 
 __all__ = ["Conn", "Pool", "close_quietly", "connect_kwargs", "end_transaction"]
@@ -26,17 +27,18 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     ``mysql://user:password@host:port/database``; user and password are percent-decoded."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "mysql":
-        raise ValueError(f"not a mysql:// URL: {url!r}")
+        raise ValueError(f"not a mysql:// URL: {redact(url)!r}")
     if parts.query or parts.fragment:
         raise ValueError(
-            f"the mysql:// URL takes no query string or fragment: {url!r};"
-            " pass driver options as keyword arguments"
+            f"connect_kwargs takes a mysql:// URL without a query string or fragment:"
+            f" {redact(url)!r}; open_store() reads options from the query, or pass them as"
+            " keyword arguments"
         )
     database = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
     if not database or "/" in database:
         raise ValueError(
             f"the mysql:// URL must name one database: mysql://user:password@host:3306/dbname,"
-            f" not {url!r}"
+            f" not {redact(url)!r}"
         )
     kwargs: dict[str, Any] = {
         "host": parts.hostname or "localhost",

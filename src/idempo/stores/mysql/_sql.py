@@ -12,12 +12,23 @@ from dataclasses import dataclass
 
 from idempo.stores._rows import RECORD_FORMAT
 
-__all__ = ["IS_CURRENT", "SCHEMA_VERSION", "SESSION", "Statements", "marker", "quote", "statements"]
+__all__ = [
+    "IS_CURRENT",
+    "SCHEMA_VERSION",
+    "SESSION",
+    "Statements",
+    "marker",
+    "quote",
+    "scan_statement",
+    "statements",
+    "stats_statement",
+]
 
 # The version of the DDL below, written into every procedure's COMMENT. Bump it whenever a
 # column, index or procedure changes: auto-migration compares it to skip the DDL (and the
 # privileges it needs) when the schema is current.
-SCHEMA_VERSION = 1
+# 2: the state index (scan, stats).
+SCHEMA_VERSION = 2
 
 # MariaDB identifiers have at most 64 characters; the longest derived name is <table>_claim.
 _MAX_TABLE = 64 - len("_claim")
@@ -396,6 +407,60 @@ DELETE FROM {table}
 RETURNING expires_at > UNIX_TIMESTAMP(NOW(6))
 """
 
+# scan(state=...) and stats() reach the records of one state, in (scope, key) order, through
+# this index: InnoDB appends the primary key to every secondary index entry, so it is in fact
+# (state, scope, key). MariaDB has no partial indexes; a completion moves the row's entry.
+# (SCHEMA_VERSION 2; added to existing tables by the migration.)
+_STATE_INDEX = "CREATE INDEX IF NOT EXISTS state_idx ON {table} (state)"
+
+# scan: one page, one statement. At most %s rows after the cursor in (scope, key) order (the
+# primary key, or the state index), LEFT JOINed to the clock so that an empty page still tells
+# the time. NOW(6) is fixed for the statement, so it is a constant for the range. The keyset
+# condition is spelt out (scope > ? OR scope = ? AND key > ?): MariaDB turns that into index
+# ranges, not a row comparison. Expiry and age are judged by the caller on the rows examined.
+_SCAN = """
+SELECT c.now, w.*
+  FROM (SELECT UNIX_TIMESTAMP(NOW(6)) AS now) AS c
+  LEFT JOIN (
+    SELECT t.scope, t.`key`, t.fingerprint, t.state, t.lease_until, t.recovery_point,
+           t.created_at, t.expires_at, t.format
+      FROM {table} AS t
+     WHERE {where}
+     ORDER BY t.scope, t.`key`
+     LIMIT %s) AS w ON TRUE
+ ORDER BY w.scope, w.`key`
+"""
+_AFTER = "(t.scope > %s OR (t.scope = %s AND t.`key` > %s))"
+_AFTER_IN_SCOPE = "t.scope = %s AND t.`key` > %s"
+
+# stats: one statement; the in-progress counts read the state index, the expired count the
+# expires_at index; the completed count reads every completed entry of the state index.
+_STATS = """
+SELECT
+    (SELECT COUNT(*) FROM {table} WHERE state = 'in_progress' AND expires_at > c.now),
+    (SELECT COUNT(*) FROM {table} WHERE state = 'completed' AND expires_at > c.now),
+    (SELECT COUNT(*) FROM {table} WHERE expires_at <= c.now),
+    (SELECT COUNT(*) FROM {table}
+      WHERE state = 'in_progress' AND expires_at > c.now AND lease_until <= c.now),
+    (SELECT MIN(created_at) FROM {table} WHERE state = 'in_progress' AND expires_at > c.now),
+    c.now
+  FROM (SELECT UNIX_TIMESTAMP(NOW(6)) AS now) AS c
+"""
+
+
+def scan_statement(table: str, state: str | None, scoped: bool) -> str:
+    """The page statement for one filter shape. Parameters: (scope, key, limit) when
+    ``scoped``, else (scope, scope, key, limit)."""
+    where = _AFTER_IN_SCOPE if scoped else _AFTER
+    if state is not None:
+        where += f" AND t.state = '{state}'"  # 'in_progress' or 'completed', never user text
+    return _SCAN.format(table=quote(table), where=where)
+
+
+def stats_statement(table: str) -> str:
+    return _STATS.format(table=quote(table))
+
+
 # auto-migration's cheap probe: is the table there and every procedure at SCHEMA_VERSION?
 IS_CURRENT = """
 SELECT (SELECT COUNT(*) FROM information_schema.TABLES
@@ -450,6 +515,7 @@ def statements(table: str) -> Statements:
         lock=lock,
         migration=(
             _TABLE.format(table=t),
+            _STATE_INDEX.format(table=t),
             _CLAIM.format(claim=claim, table=t, marker=mark),
             _HOLD.format(hold=hold, table=t, marker=mark),
             _PURGE.format(purge=purge, table=t, marker=mark),

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pymysql  # type: ignore[import-untyped]
 
-from idempo.core.records import ClaimResult, ClaimStatus, Record
+from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError, StoreUnavailableError
+from idempo.stores import _scan
 from idempo.stores._rows import lease_lost, record
 from idempo.stores._threaded import SyncStoreAsAsync
+from idempo.stores.base import Page, Stats
 from idempo.stores.mysql import _pool
 from idempo.stores.mysql._bound import BoundMySQLStore
 from idempo.stores.mysql._errors import session_intact, store_errors
 from idempo.stores.mysql._pool import Conn, Pool, end_transaction
-from idempo.stores.mysql._sql import IS_CURRENT, SESSION, marker, statements
+from idempo.stores.mysql._sql import (
+    IS_CURRENT,
+    SESSION,
+    marker,
+    scan_statement,
+    statements,
+    stats_statement,
+)
 
 __all__ = ["AsyncMySQLStore", "MySQLStore"]
 
 
 # Connection settings the store depends on: they cannot be overridden.
 _RESERVED = frozenset({"autocommit", "init_command", "sql_mode"})
+# The bound on migrate() beyond its lock wait, whatever ``timeout`` is: DDL may wait for locks.
+MIGRATE_TIMEOUT = 60.0
 
 
 class MySQLStore:
@@ -31,10 +42,17 @@ class MySQLStore:
 
     Build it from a URL (``MySQLStore.from_url("mysql://app:secret@db:3306/app")``) or from
     PyMySQL connection arguments (``MySQLStore(host="db", user="app", database="app")``);
-    ``connect_kwargs`` go to ``pymysql.connect`` (``connect_timeout`` defaults to 5 seconds;
-    ``read_timeout``, ``ssl``, ``unix_socket`` and so on as you need them). The store owns a
-    pool of at most ``max_size`` autocommit connections, opened on demand; callers beyond it
-    wait up to ``pool_timeout`` seconds, then get StoreUnavailableError.
+    ``connect_kwargs`` go to ``pymysql.connect`` (``ssl``, ``unix_socket`` and so on as you need
+    them). The store owns a pool of at most ``max_size`` autocommit connections, opened on
+    demand; callers beyond it wait up to ``pool_timeout`` seconds (default: ``timeout``), then
+    get StoreUnavailableError.
+
+    ``timeout`` (seconds, default 5) bounds every round trip: it is PyMySQL's
+    ``connect_timeout``, ``read_timeout`` and ``write_timeout`` unless you set those yourself. A
+    server that does not answer within it (paused, partitioned, overloaded) gives
+    StoreUnavailableError, and the connection is discarded, never reused mid-reply. ``migrate()``
+    waits up to ``migrate_lock_timeout`` for another migration, then up to ``MIGRATE_TIMEOUT``
+    (60 s) or ``timeout`` if longer for its DDL, on a connection of its own.
 
     ``migrate()`` creates the table and its three procedures idempotently, and is safe to run
     from several processes at once. With ``auto_migrate=True`` (the default) the first
@@ -51,7 +69,8 @@ class MySQLStore:
         *,
         table: str = "idempo_records",
         max_size: int = 10,
-        pool_timeout: float = 10.0,
+        timeout: float = 5.0,
+        pool_timeout: float | None = None,
         max_idle: float = 300.0,
         auto_migrate: bool = True,
         migrate_lock_timeout: float = 10.0,
@@ -61,10 +80,20 @@ class MySQLStore:
         reserved = _RESERVED & connect_kwargs.keys()
         if reserved:
             raise TypeError(f"the MariaDB store sets {', '.join(sorted(reserved))} itself")
-        kwargs = {"charset": "utf8mb4", "connect_timeout": 5, **connect_kwargs}
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self._timeout = float(timeout)
+        # PyMySQL's defaults wait forever for a reply: a stalled server would hang the caller.
+        bounds = dict.fromkeys(("connect_timeout", "read_timeout", "write_timeout"), timeout)
+        kwargs = {"charset": "utf8mb4", **bounds, **connect_kwargs}
         kwargs.update(autocommit=True, init_command=SESSION)
         self._connect_kwargs = kwargs
-        self._pool = Pool(self._connect, max_size=max_size, timeout=pool_timeout, max_idle=max_idle)
+        self._pool = Pool(
+            self._connect,
+            max_size=max_size,
+            timeout=timeout if pool_timeout is None else pool_timeout,
+            max_idle=max_idle,
+        )
         self._auto_migrate = auto_migrate
         self._migrate_lock_timeout = migrate_lock_timeout
         self._ready = False
@@ -75,8 +104,8 @@ class MySQLStore:
     def from_url(cls, url: str, **options: Any) -> MySQLStore:
         """A store for ``mysql://user:password@host:port/database``.
 
-        User and password are percent-decoded. The URL takes no query string: pass driver
-        options as keyword arguments (they override the URL's parts too).
+        User and password are percent-decoded. Options are keyword arguments (they override the
+        URL's parts too); :func:`~idempo.stores.open_store` also reads them from the URL's query.
         """
         return cls(**{**_pool.connect_kwargs(url), **options})
 
@@ -120,8 +149,22 @@ class MySQLStore:
         self._migrate()
         self._ready = True
 
+    @contextlib.contextmanager
+    def _migration_connection(self) -> Iterator[Conn]:
+        """A connection of its own, whose reads may wait for the lock and the DDL: the pool's
+        give up after ``timeout``."""
+        patience = self._migrate_lock_timeout + max(self._timeout, MIGRATE_TIMEOUT)
+        try:
+            conn = pymysql.connect(**{**self._connect_kwargs, "read_timeout": patience})
+        except pymysql.err.MySQLError as exc:
+            raise StoreUnavailableError(f"cannot connect to the MariaDB store: {exc}") from exc
+        try:
+            yield conn
+        finally:
+            _pool.close_quietly(conn)
+
     def _migrate(self) -> None:
-        with store_errors("migrate"), self._pool.connection() as conn:
+        with store_errors("migrate"), self._migration_connection() as conn:
             cursor = conn.cursor()
             cursor.execute("SELECT GET_LOCK(%s, %s)", (self._sql.lock, self._migrate_lock_timeout))
             (locked,) = cursor.fetchone()
@@ -236,6 +279,33 @@ class MySQLStore:
             return 0
         rows = self._run("purge_expired", self._sql.purge, (min(int(limit), 2**32 - 1),))
         return int(rows[0][0]) if rows else 0
+
+    def scan(
+        self,
+        *,
+        state: State | None = None,
+        scope: str | None = None,
+        older_than: float = 0.0,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        state = _scan.check(state, limit, older_than)
+        after_scope, after_key = _scan.decode(cursor)
+        if scope is not None:
+            params: tuple[Any, ...] = (scope, after_key if after_scope == scope else "", limit)
+        else:
+            params = (after_scope, after_scope, after_key, limit)
+        query = scan_statement(
+            self._sql.table, None if state is None else state.value, scope is not None
+        )
+        rows = self._run("scan", query, params)
+        window = [row[1:] for row in rows if row[1] is not None]
+        return _scan.page(
+            float(rows[0][0]), window, state=state, older_than=older_than, limit=limit
+        )
+
+    def stats(self) -> Stats:
+        return _scan.stats_row(self._run("stats", stats_statement(self._sql.table), ())[0])
 
     def bind(self, conn: Any) -> BoundMySQLStore:
         """This store's operations on ``conn`` (a PyMySQL connection, not autocommit), inside

@@ -14,8 +14,9 @@ database; the tests count what the store holds, exactly): every test below runs 
             s.close()
 
 What a store cannot do is read from the ``capabilities`` fixture, a :class:`Capabilities`:
-``expires_natively`` (the server deletes expired records itself: ``purge_expired`` returns 0) and
-``server_clock`` (False for the in-process memory store, whose clock is the client's). By default
+``expires_natively`` (the server deletes expired records itself: ``purge_expired`` returns 0),
+``server_clock`` (False for the in-process memory store, whose clock is the client's) and
+``scan_exact`` (False for Redis: a listing may repeat a record). By default
 it is built from the class attributes of the same names; a module that runs the suite over many
 stores overrides the fixture with a table keyed by store kind.
 
@@ -36,6 +37,7 @@ from idempo._primitives import sync_gather, sync_sleep
 from idempo.core.records import ClaimResult, ClaimStatus, State
 from idempo.errors import LeaseLostError
 from idempo.stores.base import Store
+from idempo.testing._sync.operations import OperationsConformance
 from idempo.testing._capabilities import Capabilities
 
 __all__ = ["StoreConformance"]
@@ -55,18 +57,25 @@ def _token() -> str:
     return uuid.uuid4().hex
 
 
-class StoreConformance:
-    """Every store passes these. See the module docstring for how to use them."""
+class StoreConformance(OperationsConformance):
+    """Every store passes these (and the scan and stats tests of
+    :class:`~idempo.testing._sync.operations.OperationsConformance`). See the module
+    docstring for how to use them."""
 
     expires_natively: bool = False
     server_clock: bool = True
+    scan_exact: bool = True
 
     scope = "conformance"
 
     @pytest.fixture
     def capabilities(self) -> Capabilities:
         """What the store under test cannot do; override to read it from elsewhere."""
-        return Capabilities(expires_natively=self.expires_natively, server_clock=self.server_clock)
+        return Capabilities(
+            expires_natively=self.expires_natively,
+            server_clock=self.server_clock,
+            scan_exact=self.scan_exact,
+        )
 
     def _claim(
         self,

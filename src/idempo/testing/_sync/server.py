@@ -75,6 +75,8 @@ _DOWN_CALLS: dict[str, Any] = {
     "get": lambda s: s.get("down", "k"),
     "delete": lambda s: s.delete("down", "k"),
     "purge_expired": lambda s: s.purge_expired(),
+    "scan": lambda s: s.scan(),
+    "stats": lambda s: s.stats(),
     "migrate": lambda s: s.migrate(),
 }
 
