@@ -16,6 +16,7 @@ import click
 
 from idempo import _cli_format as out
 from idempo import open_store
+from idempo.check import check as _check  # stdlib and click only: httpx loads when it runs
 from idempo.core.records import Record, State
 from idempo.errors import IdempoError
 
@@ -52,6 +53,9 @@ def _store(url: str) -> Iterator[Store]:
 @click.version_option(package_name="idempo")
 def main() -> None:
     """idempo: make operations safe to retry."""
+
+
+main.add_command(_check)
 
 
 @main.command()
