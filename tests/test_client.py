@@ -843,3 +843,37 @@ def test_end_to_end_without_key_sends_once(server: tuple[str, Charges]) -> None:
         response = c.post("/charges", json={"amount": 1})
     assert response.status_code == 400
     assert charges.effects == {}
+
+
+@pytest.mark.parametrize("key", ['"abc"', "a,b", " abc", 'a"b'])
+def test_a_bare_key_that_would_read_as_another_is_refused(key: str) -> None:
+    """quote_key=False sends keys bare: one that the server would read as another key (a
+    leading quote makes ``"abc"`` collide with ``abc``; a comma is two values; spaces are
+    stripped) is refused before anything is sent, never silently changed."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201)
+
+    with (
+        Client(transport=httpx.MockTransport(handler), quote_key=False) as c,
+        pytest.raises(InvalidKeyError),
+    ):
+        c.post("http://t/charges", idempotency_key=key)
+    assert sent == []
+
+
+def test_a_plain_bare_key_reads_back_as_itself() -> None:
+    """A bare key without quotes, commas or edge spaces goes out as it is, and the server's
+    parser reads it back unchanged."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201)
+
+    with Client(transport=httpx.MockTransport(handler), quote_key=False) as c:
+        c.post("http://t/charges", idempotency_key="order-1:a b")
+    assert sent[0].headers["idempotency-key"] == "order-1:a b"
+    assert parse_key_header([sent[0].headers["idempotency-key"]]) == "order-1:a b"

@@ -116,6 +116,20 @@ def encode_key(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def encode_bare_key(key: str) -> str:
+    """``key`` sent bare (``quote_key=False``): only a key that reads back as itself. A key that
+    starts with a double quote would be read as a Structured Field string (``"abc"`` as
+    ``abc``: another operation's key), one holding a comma as two values, and surrounding
+    spaces are stripped on the way: each is refused (InvalidKeyError; quote it instead)."""
+    validate_key(key)
+    if '"' in key or "," in key or key != key.strip(" \t"):
+        raise InvalidKeyError(
+            f"idempotency key {key!r} cannot be sent bare (it would be read as another key): "
+            "send it as a Structured Field string (quote_key=True)"
+        )
+    return key
+
+
 def _decode_key(raw: str) -> str:
     """The key in a header value: a Structured Field string is unquoted; anything else (a bare
     token, or a value idempo would reject) is taken as it is."""
@@ -216,7 +230,7 @@ class _Policy:
             )
 
     def encode(self, key: str) -> str:
-        return encode_key(key) if self.quote_key else validate_key(key)
+        return encode_key(key) if self.quote_key else encode_bare_key(key)
 
     def add_key(self, kwargs: dict[str, Any], key: str | None) -> None:
         """Put a per-request ``idempotency_key=`` into the request's headers."""
