@@ -184,3 +184,13 @@ def recover(target: str, keys: tuple[str, ...]) -> None:
             click.echo(f"{key}: done: {result!r}")
     if failed:
         raise click.ClickException(f"{failed} of {len(keys)} operations did not complete")
+
+
+def _register_gateway() -> None:
+    # The command's module imports only click; uvicorn and httpx load when it runs.
+    from idempo.gateway.cli import gateway
+
+    main.add_command(gateway)
+
+
+_register_gateway()
