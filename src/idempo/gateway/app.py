@@ -78,7 +78,11 @@ class GatewayApp:
     """The root ASGI app of one gateway worker."""
 
     def __init__(
-        self, config: GatewayConfig, store: AsyncStore | None = None, metrics: Any = None
+        self,
+        config: GatewayConfig,
+        store: AsyncStore | None = None,
+        metrics: Any = None,
+        admin_port: int | None = None,
     ) -> None:
         self.config = config
         self.store = (
@@ -86,7 +90,10 @@ class GatewayApp:
         )
         self.proxy = UpstreamProxy(config)
         self.guarded = IdempotencyMiddleware(self.proxy, store=self.store, **http_options(config))
-        self.admin_port = parse_address(config.admin)[1] if config.admin else None
+        # The bound port (the configuration may say 0): connections to it reach the admin app.
+        if admin_port is None and config.admin:
+            admin_port = parse_address(config.admin)[1]
+        self.admin_port = admin_port
         self.metrics = metrics
         self._max_header = config.limits.max_header_bytes
 
@@ -155,7 +162,7 @@ async def _text(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(config: GatewayConfig) -> GatewayApp:
+def create_app(config: GatewayConfig, admin_port: int | None = None) -> GatewayApp:
     """The app for ``config``, with Prometheus metrics on the admin listener when there is one
     and the extra is installed."""
     metrics = None
@@ -166,4 +173,4 @@ def create_app(config: GatewayConfig) -> GatewayApp:
             metrics = None
         else:
             metrics = metrics_app()
-    return GatewayApp(config, metrics=metrics)
+    return GatewayApp(config, metrics=metrics, admin_port=admin_port)

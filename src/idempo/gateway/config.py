@@ -122,7 +122,7 @@ class GatewayConfig:
         parse_address(self.listen, "listen")
         if self.admin is not None:
             parse_address(self.admin, "admin")
-            if self.admin == self.listen:
+            if self.admin == self.listen and not self.admin.endswith(":0"):
                 raise ConfigError("admin and listen are the same address")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")

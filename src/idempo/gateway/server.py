@@ -36,6 +36,11 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _run_worker(config: GatewayConfig, sockets: list[socket.socket], log_level: str) -> None:
     import uvicorn
 
@@ -43,7 +48,9 @@ def _run_worker(config: GatewayConfig, sockets: list[socket.socket], log_level: 
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            create_app(
+                config, admin_port=sockets[1].getsockname()[1] if len(sockets) > 1 else None
+            ),
             lifespan="on",
             log_level=log_level,
             access_log=False,
@@ -54,6 +61,9 @@ def _run_worker(config: GatewayConfig, sockets: list[socket.socket], log_level: 
             timeout_graceful_shutdown=int(config.timeouts.shutdown) or None,
             h11_max_incomplete_event_size=config.limits.max_header_bytes + 1024,
             timeout_keep_alive=30,
+            # The gateway is the edge: X-Forwarded-For from a client is not to be believed
+            # (it is appended to, not trusted); behind another proxy, that proxy appends.
+            proxy_headers=False,
         )
     )
     asyncio.run(server.serve(sockets=sockets))
@@ -66,6 +76,11 @@ def serve(config: GatewayConfig, *, log_level: str = "warning") -> int:
     sockets = [bind(config.listen)]
     if config.admin:
         sockets.append(bind(config.admin))
+    # Bound is ready: a connection waits in the backlog until a worker accepts it. The real
+    # ports matter when the configuration asked for port 0.
+    names = [_url(sock) for sock in sockets]
+    admin = f" (admin {names[1]})" if len(names) > 1 else ""
+    print(f"idempo gateway: listening on {names[0]}{admin}", flush=True)
     if config.workers == 1:
         _run_worker(config, sockets, log_level)
         return 0
