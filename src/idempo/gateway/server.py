@@ -36,6 +36,10 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -66,6 +70,10 @@ def _run_worker(config: GatewayConfig, sockets: list[socket.socket], log_level: 
             proxy_headers=False,
         )
     )
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully, to the
+    # handler that was there before: a no-op one makes a clean stop exit 0, not -SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
     asyncio.run(server.serve(sockets=sockets))
     if not server.started:
         sys.exit(3)
@@ -100,8 +108,6 @@ class _Supervisor:
     def _spawn(self) -> None:
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
                 _run_worker(self.config, self.sockets, self.log_level)
