@@ -174,3 +174,23 @@ def create_app(config: GatewayConfig, admin_port: int | None = None) -> GatewayA
         else:
             metrics = metrics_app()
     return GatewayApp(config, metrics=metrics, admin_port=admin_port)
+
+
+def from_environment() -> GatewayApp:
+    """The app for any ASGI server (``granian --interface asgi --factory
+    idempo.gateway.app:from_environment``): the TOML file in ``IDEMPO_GATEWAY_CONFIG``, with
+    ``IDEMPO_GATEWAY_UPSTREAM`` and ``IDEMPO_GATEWAY_STORE`` over it. The admin endpoints are
+    served only by ``idempo gateway``, which binds their port."""
+    from dataclasses import replace
+
+    from idempo.gateway.config import load
+
+    path = os.environ.get("IDEMPO_GATEWAY_CONFIG")
+    config = load(path) if path else GatewayConfig()
+    config = replace(
+        config,
+        admin=None,
+        upstream=os.environ.get("IDEMPO_GATEWAY_UPSTREAM") or config.upstream,
+        store=os.environ.get("IDEMPO_GATEWAY_STORE") or config.store,
+    )
+    return GatewayApp(config.validate())

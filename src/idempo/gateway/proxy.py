@@ -13,12 +13,13 @@ upstream are the upstream's), the client's in ``X-Forwarded-Host`` and ``Forward
 from __future__ import annotations
 
 import json
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from idempo.gateway.config import GatewayConfig
 
@@ -44,7 +45,8 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_DROPPED_REQUEST = HOP_BY_HOP | {b"host", b"content-length"}
+# Content-Length stays: the body is relayed as it was framed, not re-chunked.
+_DROPPED_REQUEST = HOP_BY_HOP | {b"host"}
 # The gateway's server stamps its own Date on every answer, replays included.
 _DROPPED_RESPONSE = HOP_BY_HOP | {b"content-length", b"date"}
 
@@ -74,16 +76,43 @@ async def send_problem(send: Send, status: int, name: str, title: str, detail: s
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    """The request body went over the limit while it streamed to the upstream."""
+class _BodyAborted(Exception):
+    """The request body stopped short while it streamed to the upstream."""
 
 
-class _ClientGone(Exception):
-    """The client disconnected while its body streamed to the upstream."""
+class _Body:
+    """The request body as it arrives, refusing more than ``limit`` bytes; says afterwards why
+    it stopped, since the client library may wrap the exception."""
+
+    __slots__ = ("client_gone", "limit", "receive", "too_large")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.too_large = False
+        self.client_gone = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                raise _BodyAborted
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                self.too_large = True
+                raise _BodyAborted
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
 
 
 class UpstreamProxy:
-    """Relays HTTP requests to ``config.upstream`` over a pooled keep-alive client.
+    """Relays HTTP requests to ``config.upstream`` over a pooled keep-alive client (aiohttp:
+    docs/decisions/0008-gateway-server-and-client.md).
 
     ``start()`` opens the pool and ``close()`` closes it (the gateway's lifespan calls them).
     """
@@ -95,30 +124,34 @@ class UpstreamProxy:
         self._prefix = parts.path.rstrip("/")
         self._pass_host = config.host == "client"
         self._limits = config.limits
-        self.client: httpx.AsyncClient | None = None
-        t = config.timeouts
-        self._timeout = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.pool}
+        self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=self.config.max_connections,
-                max_keepalive_connections=self.config.max_connections,
-                keepalive_expiry=30.0,
+        t = self.config.timeouts
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.config.max_connections, keepalive_timeout=30.0, ttl_dns_cache=10
             ),
-            follow_redirects=False,
-            trust_env=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=t.pool + t.connect, sock_connect=t.connect, sock_read=t.read
+            ),
             # A proxy relays cookies, it never keeps them: a jar would hand one client's
             # session to the next.
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Only the client's headers go upstream, and the body as the upstream encoded it.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            auto_decompress=False,
+            max_line_size=self._limits.max_header_bytes,
+            max_field_size=self._limits.max_header_bytes,
+            trust_env=False,
         )
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
-    def _request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+    def _request_headers(self, scope: Scope) -> CIMultiDict[str]:
         raw: list[tuple[bytes, bytes]] = scope.get("headers", [])
         dropped = set(_DROPPED_REQUEST)
         host = b""
@@ -129,7 +162,7 @@ class UpstreamProxy:
                 dropped.update(t.strip().lower() for t in value.split(b",") if t.strip())
             elif name == b"host":
                 host = value
-        headers: list[tuple[bytes, bytes]] = []
+        headers: CIMultiDict[str] = CIMultiDict()
         for name, value in raw:
             if name in dropped:
                 continue
@@ -138,32 +171,31 @@ class UpstreamProxy:
             elif name == b"forwarded":
                 forwarded = value
             elif name not in (b"x-forwarded-proto", b"x-forwarded-host"):
-                headers.append((name, value))
+                headers.add(name.decode("latin-1"), value.decode("latin-1"))
         client = scope.get("client")
         ip = (client[0] if client else "unknown").encode("latin-1")
         proto = str(scope.get("scheme", "http")).encode("latin-1")
         # Appended to what the client sent: the last hop is the one this gateway saw.
-        headers.append((b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip))
-        headers.append((b"x-forwarded-proto", proto))
+        added = [(b"x-forwarded-for", forwarded_for + b", " + ip if forwarded_for else ip)]
+        added.append((b"x-forwarded-proto", proto))
         node = b'"[' + ip + b']"' if b":" in ip else ip
         element = b"for=" + node + b";proto=" + proto
         if host:
-            headers.append((b"x-forwarded-host", host))
+            added.append((b"x-forwarded-host", host))
             element += b';host="' + host.replace(b'"', b"") + b'"'
-        headers.append((b"forwarded", forwarded + b", " + element if forwarded else element))
+        added.append((b"forwarded", forwarded + b", " + element if forwarded else element))
         if self._pass_host and host:
-            headers.append((b"host", host))
+            added.append((b"host", host))
+        for name, value in added:
+            headers.add(name.decode("latin-1"), value.decode("latin-1"))
         return headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert self.client is not None, "the gateway's lifespan starts the proxy"
+        assert self.session is not None, "the gateway's lifespan starts the proxy"
         limit = self._limits.max_request_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await send_problem(
-                    send, 413, "request-too-large", "Request body too large",
-                    f"the request body is over {limit} bytes, the most this gateway relays",
-                )  # fmt: skip
+                await _too_large(send, limit)
                 return
         path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query = scope.get("query_string", b"")
@@ -171,48 +203,39 @@ class UpstreamProxy:
         if query:
             url += "?" + query.decode("latin-1")
         method = scope["method"]
-        # A bare Request, not client.build_request: only the client's headers go upstream, not
-        # httpx's defaults (Accept-Encoding, User-Agent, ...).
-        request = httpx.Request(
-            method,
-            url,
-            headers=self._request_headers(scope),
-            content=None
-            if method in ("GET", "HEAD") and not _has_body(scope)
-            else _body(receive, limit),
-            # build_request would set this; httpcore applies no timeout without it.
-            extensions={"timeout": self._timeout},
-        )
+        body = _Body(receive, limit) if _has_body(scope) else None
         try:
-            response = await self.client.send(request, stream=True)
-        except _TooLarge:
-            await send_problem(
-                send, 413, "request-too-large", "Request body too large",
-                f"the request body is over {limit} bytes, the most this gateway relays",
-            )  # fmt: skip
-            return
-        except _ClientGone:
-            return
-        except httpx.TimeoutException as exc:
-            await send_problem(
-                send, 504, "upstream-timeout", "Upstream timed out",
-                f"the upstream did not answer in time ({type(exc).__name__})",
-            )  # fmt: skip
-            return
-        except (httpx.TransportError, OSError) as exc:
-            await send_problem(
-                send, 502, "upstream-unavailable", "Upstream unavailable",
-                f"the upstream could not be reached ({type(exc).__name__})",
-            )  # fmt: skip
+            response = await self.session.request(
+                method,
+                URL(url, encoded=True),
+                headers=self._request_headers(scope),
+                data=body.__aiter__() if body is not None else None,
+                allow_redirects=False,
+                compress=None,
+            )
+        except Exception as exc:
+            if body is not None and body.too_large:
+                await _too_large(send, limit)
+            elif body is not None and body.client_gone:
+                pass
+            elif isinstance(exc, TimeoutError):
+                await _timeout(send, "the upstream did not answer in time")
+            elif isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientError | OSError):
+                await send_problem(
+                    send, 502, "upstream-unavailable", "Upstream unavailable",
+                    f"the upstream could not be reached ({type(exc).__name__})",
+                )  # fmt: skip
+            else:
+                raise
             return
         try:
             await self._relay(response, send)
         finally:
-            await response.aclose()
+            response.release()
 
-    async def _relay(self, response: httpx.Response, send: Send) -> None:
+    async def _relay(self, response: aiohttp.ClientResponse, send: Send) -> None:
         limits = self._limits
-        raw = response.headers.raw
+        raw = response.raw_headers
         size = sum(len(k) + len(v) + 4 for k, v in raw)
         length = response.headers.get("content-length", "")
         if size > limits.max_header_bytes or (
@@ -231,31 +254,27 @@ class UpstreamProxy:
         headers = [(k.lower(), v) for k, v in raw if k.lower() not in dropped]
         if length.isdigit():
             headers.append((b"content-length", length.encode()))
-        chunks = response.aiter_raw()
+        content = response.content
         try:
-            first = await anext(chunks, b"")
-        except httpx.TimeoutException:
-            await send_problem(
-                send, 504, "upstream-timeout", "Upstream timed out",
-                "the upstream did not send its body in time",
-            )  # fmt: skip
+            first = await content.readany()
+        except TimeoutError:
+            await _timeout(send, "the upstream did not send its body in time")
             return
-        except httpx.TransportError:
+        except aiohttp.ClientError:
             await send_problem(
                 send, 502, "upstream-unavailable", "Upstream failed",
                 "the upstream closed the connection before its body",
             )  # fmt: skip
             return
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         sent = len(first)
         pending = first
         # One chunk held back, so the last one goes with more_body=False: the middleware keeps
         # the outcome before the client sees the end of the response.
-        async for chunk in chunks:
+        while True:
+            chunk = await content.readany()
             if not chunk:
-                continue
+                break
             sent += len(chunk)
             if sent > limits.max_response_bytes:
                 # Headers are gone: all that is left is to cut the response short, which the
@@ -266,25 +285,19 @@ class UpstreamProxy:
         await send({"type": "http.response.body", "body": pending, "more_body": False})
 
 
+async def _too_large(send: Send, limit: int) -> None:
+    await send_problem(
+        send, 413, "request-too-large", "Request body too large",
+        f"the request body is over {limit} bytes, the most this gateway relays",
+    )  # fmt: skip
+
+
+async def _timeout(send: Send, detail: str) -> None:
+    await send_problem(send, 504, "upstream-timeout", "Upstream timed out", detail)
+
+
 def _has_body(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True
     return False
-
-
-async def _body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refusing more than ``limit`` bytes."""
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
