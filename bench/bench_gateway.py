@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.gateway_rig import _first_line, _stop, upstream  # noqa: E402
+from tests.gateway_rig import first_line, _stop, upstream  # noqa: E402
 
 WRK = ROOT / "bench" / "wrk"
 
@@ -66,7 +66,7 @@ def gateway(server: str, upstream_url: str, tmp: Path) -> Iterator[str]:
             "--config", str(config), "--listen", "127.0.0.1:0",
         ]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        url = _first_line(proc, "idempo gateway: listening on ").split()[4]
+        url = first_line(proc, "idempo gateway: listening on ").split()[4]
     else:
         port = _free_port()
         args = [
@@ -84,7 +84,7 @@ def gateway(server: str, upstream_url: str, tmp: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _free_port() -> int:
@@ -148,9 +148,9 @@ async def client_cost(kind: str, url: str, n: int, concurrency: int) -> tuple[fl
     """(CPU microseconds per request, requests per second) of one pooled client."""
     body = b'{"amount":1000}'
     if kind == "httpx":
-        import httpx
-
         import socket
+
+        import httpx
 
         nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         client = httpx.AsyncClient(

@@ -29,7 +29,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _first_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 20) -> str:
+def first_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 20) -> str:
     """The first stdout line of ``proc`` starting with ``prefix`` (the process says it is up)."""
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
@@ -50,7 +50,7 @@ def _first_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 20) -
     raise RuntimeError(f"{proc.args!r} did not say {prefix!r}")
 
 
-def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
@@ -82,10 +82,10 @@ def upstream(port: int = 0) -> Iterator[Upstream]:
         ["node", str(UPSTREAM_JS), str(port)], stdout=subprocess.PIPE, text=True
     )
     try:
-        line = _first_line(proc, "listening ")
+        line = first_line(proc, "listening ")
         yield Upstream(f"http://127.0.0.1:{line.split()[1]}", proc)
     finally:
-        _stop(proc)
+        stop_process(proc)
         assert proc.stdout is not None
         proc.stdout.close()
 
@@ -97,7 +97,7 @@ class Gateway:
     proc: subprocess.Popen[str]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        return _stop(self.proc, sig)
+        return stop_process(self.proc, sig)
 
 
 def write_config(path: Path, text: str) -> str:
@@ -136,10 +136,10 @@ def gateway(
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
-        line = _first_line(proc, "idempo gateway: listening on ")
+        line = first_line(proc, "idempo gateway: listening on ")
         words = line.split()
         yield Gateway(words[4], words[6].rstrip(")"), proc)
     finally:
-        _stop(proc)
+        stop_process(proc)
         assert proc.stdout is not None
         proc.stdout.close()

@@ -4,6 +4,7 @@ on one shared store, SIGTERM with requests in flight, and SIGKILL of one gateway
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import threading
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import cleanup, store_url
-from tests.gateway_rig import Gateway, Upstream, gateway, upstream
+from tests.gateway_rig import Gateway, Upstream, first_line, gateway, upstream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,3 +216,31 @@ def test_sigkill_mid_load_retries_through_another_gateway(
     assert all(counts.get(k, 0) >= 1 for k in keys)
     assert all(counts.get(k, 0) <= 2 for k in keys)
     assert len(twice) <= in_flight_at_kill
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _ready_worker(g: Gateway) -> int:
+    return int(first_line(g.proc, "idempo gateway: worker ").split()[3])
+
+
+def test_a_killed_worker_is_replaced(node: Upstream, tmp_path: Path) -> None:
+    """A worker SIGKILLed under a supervisor is forked anew; the gateway keeps serving."""
+    url = f"sqlite:///{tmp_path / 'idempo.db'}"
+    with gateway(node.url, url, tmp_path=tmp_path, workers=2) as g:
+        workers = {_ready_worker(g), _ready_worker(g)}
+        assert workers == set(_children(g.proc.pid))
+        victim = workers.pop()
+        os.kill(victim, signal.SIGKILL)
+        replacement = _ready_worker(g)
+        assert replacement not in (victim, *workers)
+        assert set(_children(g.proc.pid)) == {replacement, *workers}
+        for _ in range(10):
+            r = httpx.post(
+                g.url + "/orders", headers={"Idempotency-Key": uuid.uuid4().hex}, json={}
+            )
+            assert r.status_code == 201
+        assert g.stop() == 0

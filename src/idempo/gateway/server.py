@@ -68,6 +68,12 @@ def _run_worker(config: GatewayConfig, sockets: list[socket.socket], log_level: 
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                 yield
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                # One line per worker, for supervisors and tests to wait on.
+                print(f"idempo gateway: worker {os.getpid()} ready", flush=True)
+
     server = Server(
         uvicorn.Config(
             create_app(
