@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.gateway_rig import first_line, _stop, upstream  # noqa: E402
+from tests.gateway_rig import first_line, stop_process, upstream  # noqa: E402
 
 WRK = ROOT / "bench" / "wrk"
 
