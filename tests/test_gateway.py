@@ -115,6 +115,30 @@ def test_key_in_flight_gets_409_with_retry_after(client: httpx.Client, node: Ups
     assert node.executions(key) == 1
 
 
+def test_key_in_flight_waits_when_configured(node: Upstream, tmp_path: Path) -> None:
+    """With wait set, a duplicate in flight waits for the first and gets its replay."""
+    key = new_key()
+    with gateway(node.url, "memory://", tmp_path=tmp_path, config="wait = 20\n") as g:
+        results: list[httpx.Response] = []
+
+        def post() -> None:
+            results.append(
+                httpx.post(g.url + "/hold", headers={"Idempotency-Key": key}, timeout=30)
+            )
+
+        first = threading.Thread(target=post)
+        first.start()
+        node.control(f"/_arrived?key={key}")
+        second = threading.Thread(target=post)
+        second.start()
+        node.control(f"/_release?key={key}")
+        first.join(30)
+        second.join(30)
+    assert sorted(r.status_code for r in results) == [201, 201]
+    assert sorted(r.headers.get("idempotent-replayed", "") for r in results) == ["", "true"]
+    assert node.executions(key) == 1
+
+
 def test_same_key_other_body_gets_422(client: httpx.Client, node: Upstream) -> None:
     """The same key with another body is refused with 422 problem+json."""
     key = new_key()

@@ -21,6 +21,7 @@ required = false
 methods = ["post", "PATCH"]
 ttl = 3600
 lease = 10.5
+wait = 2
 host = "client"
 
 [store_options]
@@ -61,7 +62,7 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
     assert config.upstream == "http://127.0.0.1:3000/api"
     assert config.workers == 4
     assert config.methods == ("POST", "PATCH")
-    assert (config.ttl, config.lease, config.host) == (3600, 10.5, "client")
+    assert (config.ttl, config.lease, config.wait, config.host) == (3600, 10.5, 2, "client")
     assert config.store_options == {"prefix": "gw:"}
     assert (config.scope_headers, config.scope_cookies) == (("x-tenant",), ("sid",))
     assert (config.limits.max_request_bytes, config.limits.max_header_bytes) == (1000, 2000)
@@ -80,7 +81,8 @@ def test_options_reach_the_middleware(tmp_path: Path) -> None:
     assert routes[0].required is True
     assert routes[0].methods == frozenset({"POST"})
     assert routes[1].enabled is False
-    assert (options["ttl"], options["lease"], options["max_request_bytes"]) == (3600, 10.5, 1000)
+    assert (options["ttl"], options["lease"], options["wait"]) == (3600, 10.5, 2)
+    assert options["max_request_bytes"] == 1000
 
 
 def test_scope_from_the_configured_header_and_cookie() -> None:

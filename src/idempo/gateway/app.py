@@ -68,6 +68,7 @@ def http_options(config: GatewayConfig) -> HttpOptions:
         ),
         ttl=config.ttl,
         lease=config.lease,
+        wait=config.wait,
         keep_server_errors=config.keep_server_errors,
         max_request_bytes=config.limits.max_request_bytes,
         max_response_bytes=config.limits.max_stored_bytes,

@@ -9,6 +9,7 @@
     methods = ["POST", "PATCH"]
     ttl = 86400
     lease = 30
+    wait = 0                   # seconds a duplicate in flight waits for the first (0: 409)
     host = "upstream"          # or "client": which Host the upstream sees
 
     [store_options]            # keyword arguments of the store (prefix, schema, ...)
@@ -100,6 +101,7 @@ class GatewayConfig:
     methods: tuple[str, ...] = ("POST", "PATCH")
     ttl: float = 86400.0
     lease: float = 30.0
+    wait: float = 0.0
     keep_server_errors: bool = False
     host: str = "upstream"
     scope_headers: tuple[str, ...] = ("authorization", "x-api-key")
@@ -154,6 +156,7 @@ _TOP = {
     "methods": list,
     "ttl": (int, float),
     "lease": (int, float),
+    "wait": (int, float),
     "keep_server_errors": bool,
     "host": str,
     "max_connections": int,
