@@ -176,3 +176,19 @@ def test_flags_are_required_without_a_file() -> None:
     result = CliRunner().invoke(main, ["gateway", "--store", "memory://"])
     assert result.exit_code == 2
     assert "no upstream" in result.output
+
+
+def test_the_app_factory_for_other_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_environment reads the file, lets the variables override it, and has no admin."""
+    from idempo.gateway.app import from_environment
+
+    monkeypatch.setenv("IDEMPO_GATEWAY_CONFIG", write(tmp_path, 'store = "redis://x"\nttl = 5\n'))
+    monkeypatch.setenv("IDEMPO_GATEWAY_UPSTREAM", "http://127.0.0.1:1")
+    monkeypatch.setenv("IDEMPO_GATEWAY_STORE", "memory://")
+    app = from_environment()
+    assert (app.config.upstream, app.config.store, app.config.ttl) == (
+        "http://127.0.0.1:1",
+        "memory://",
+        5,
+    )
+    assert app.admin_port is None
