@@ -397,3 +397,13 @@ def _stalled(url: str, scope: str | None) -> list[tuple[str, str]]:
         if record.recovery_point is not None and lease is not None and lease <= now:
             found.append((record.scope, record.key))
     return list(dict.fromkeys(found))  # SCAN (Redis) may list a record twice
+
+
+def _register_gateway() -> None:
+    # The command's module imports only click; uvicorn and aiohttp load when it runs.
+    from idempo.gateway.cli import gateway
+
+    main.add_command(gateway)
+
+
+_register_gateway()
