@@ -64,6 +64,12 @@ RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 POSTGRES_URL = os.environ.get("IDEMPO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PEER_APP = "peers.http_app:app"
+# uvicorn's two setups: its pure-Python defaults, and uvloop + httptools (``--server fast``).
+SERVERS = {
+    "default": {"loop": "asyncio", "http": "h11"},
+    "fast": {"loop": "uvloop", "http": "httptools"},
+}
+SERVER = dict(SERVERS["default"])
 
 
 # -- private servers ------------------------------------------------------------------------------
@@ -516,9 +522,9 @@ def serve_peer(cfg: HttpConfig, redis_url: str, prefix: str, pin: set[int] | Non
         "--port",
         str(port),
         "--loop",
-        bench_http.LOOP,
+        SERVER["loop"],
         "--http",
-        bench_http.HTTP,
+        SERVER["http"],
         "--no-access-log",
         "--log-level",
         "warning",
@@ -768,15 +774,21 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
     """The README section: medians over the runs (range in brackets), call-outs, targets."""
     md: list[str] = [settings, ""]
     behind: list[str] = []
-    fn_libs = list(dict.fromkeys(n for s in summaries for g in s["function"].values() for n in g))
-    md += [
-        "**Function level**: µs-per-call ratio to the hand-written floor in the same round "
-        "(lower is better; the floor rows give µs per call); round trips per call "
-        "counted at the server (Redis: requests read; PostgreSQL: committed transactions).",
-        "",
-        "| library | store, API | new key | replay | round trips new / replay |",
-        "|---|---|---|---|---|",
-    ]
+    fn_libs = list(
+        dict.fromkeys(n for s in summaries for g in s.get("function", {}).values() for n in g)
+    )
+    md += (
+        []
+        if not fn_libs
+        else [
+            "**Function level**: µs-per-call ratio to the hand-written floor in the same round "
+            "(lower is better; the floor rows give µs per call); round trips per call "
+            "counted at the server (Redis: requests read; PostgreSQL: committed transactions).",
+            "",
+            "| library | store, API | new key | replay | round trips new / replay |",
+            "|---|---|---|---|---|",
+        ]
+    )
     values: dict[tuple[str, str, str], list[float]] = {}
     for g, label in (
         ("redis sync", "Redis, sync"),
@@ -793,7 +805,9 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
         for lib in fn_libs:
             if lib == "floor":
                 continue
-            cells = [s["function"][g][lib] for s in summaries if lib in s["function"].get(g, {})]
+            cells = [
+                s["function"][g][lib] for s in summaries if lib in s.get("function", {}).get(g, {})
+            ]
             if not cells:
                 continue
             st = status_of(cells)
@@ -814,7 +828,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
                 + " | ".join(cols)
                 + f" | {trips} |"
             )
-    for lib in ADAPTERS:
+    for lib in ADAPTERS if fn_libs else []:
         if lib not in fn_libs:
             mod = load(lib)
             why = mod if isinstance(mod, str) else "no function-level API (HTTP only)"
@@ -920,7 +934,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
         )
 
     md += ["", "**DESIGN §8 targets:**", ""]
-    rs = summaries[0]["function"]
+    rs = summaries[0].get("function", {})
     trips_ok = (
         rs.get("redis sync", {}).get("idempo", {}).get("trips", {}),
         rs.get("postgres sync", {}).get("idempo", {}).get("trips", {}),
@@ -1004,16 +1018,15 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
     return md
 
 
-BEGIN, END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
-
-
-def write_readme(md: list[str]) -> None:
+def write_readme(md: list[str], server: str) -> None:
+    tag = "bench_peers" if server == "default" else f"bench_peers-{server}"
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     readme = BENCH / "README.md"
     text = readme.read_text()
-    block = "\n".join([BEGIN, *md, END])
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = "\n".join([begin, *md, end])
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     readme.write_text(text)
@@ -1024,7 +1037,7 @@ def settings_line(args: argparse.Namespace, runs: int) -> str:
         f"{runs} runs of `bench_peers.py --calls {args.calls} --repeats {args.repeats} "
         f"--rt-calls {args.rt_calls} --rounds {args.rounds} --http-duration {args.http_duration:g} "
         f"--http-warmup {args.http_warmup:g}` (wrk -t1 -c{args.connections}; uvicorn one worker, "
-        f"--loop {bench_http.LOOP} --http {bench_http.HTTP}; Python {sys.version.split()[0]}); "
+        f"--loop {SERVER['loop']} --http {SERVER['http']}; Python {sys.version.split()[0]}); "
         "cells: median of the runs (min-max)."
     )
 
@@ -1054,6 +1067,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-function", action="store_true")
     parser.add_argument("--only", default="", help="HTTP: only configs containing this (and bare)")
+    parser.add_argument("--server", choices=SERVERS, default="default", help="uvicorn setup")
     parser.add_argument("--write-readme", action="store_true", help="put the table in README.md")
     parser.add_argument(
         "--from-json", nargs="*", default=None, help="rebuild the table from saved runs"
@@ -1061,9 +1075,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     RESULTS.mkdir(exist_ok=True)
+    SERVER.update(SERVERS[args.server])
     if args.from_json is not None:
         saved = [json.loads(Path(f).read_text()) for f in args.from_json]
         summaries = [s["summary"] for s in saved]
+        args.server = saved[0].get("server", "default")
         md = markdown(summaries, saved[0]["settings"].replace("1 runs", f"{len(saved)} runs"))
     else:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
@@ -1075,12 +1091,15 @@ def main(argv: list[str]) -> int:
             print("\n".join(text_report(summary)), flush=True)
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
             (RESULTS / f"peers-{stamp}.json").write_text(
-                json.dumps({"settings": settings_line(args, 1), "summary": summary}, indent=1)
+                json.dumps(
+                    {"settings": settings_line(args, 1), "server": args.server, "summary": summary},
+                    indent=1,
+                )
             )
         md = markdown(summaries, settings_line(args, len(summaries)))
     print("\n".join(md))
     if args.write_readme:
-        write_readme(md)
+        write_readme(md, args.server)
     return 0
 
 

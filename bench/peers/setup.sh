@@ -11,6 +11,6 @@ fi
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -e ".[redis,postgres,asgi,client]"
 "$VENV/bin/pip" install -q -r bench/peers/requirements.txt
-"$VENV/bin/pip" install -q uvicorn fastapi
+"$VENV/bin/pip" install -q uvicorn fastapi uvloop httptools  # uvloop + httptools: --server fast
 "$VENV/bin/pip" freeze > "$VENV/freeze.txt"
 echo "peers venv ready: $VENV"
