@@ -205,12 +205,16 @@ class Body:
 @dataclass
 class Row:
     name: str  # "idempo", a peer, or "floor"
-    new: Callable[[str], Any]
-    replay: Callable[[], Any]
+    new: Callable[[int], Any]  # the call number in; a fresh key each call
+    replay: Callable[[], Any]  # the same key every call
     status: str = "ok"  # or why it was not timed
     close: Callable[[], None] | None = None  # closes its connections (they reopen on use)
     trips: dict[str, float] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=lambda: {"new key": [], "replay": []})
+
+
+def untimed(*_: Any) -> None:
+    """Stands in for the calls of a row that is not timed."""
 
 
 def versions() -> dict[str, str]:
@@ -239,7 +243,7 @@ def build_rows(
     for name in ADAPTERS:
         adapter = load(name)
         if isinstance(adapter, str):
-            rows.append(Row(name, print, print, status=f"cannot import: {adapter}"))
+            rows.append(Row(name, untimed, untimed, status=f"cannot import: {adapter}"))
             continue
         body = Body()
         try:
@@ -252,7 +256,7 @@ def build_rows(
             )
         except Exception as exc:
             rows.append(
-                Row(name, print, print, status=f"setup failed: {type(exc).__name__}: {exc}")
+                Row(name, untimed, untimed, status=f"setup failed: {type(exc).__name__}: {exc}")
             )
             continue
         if fn is None:
@@ -939,17 +943,19 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
         rs.get("redis sync", {}).get("idempo", {}).get("trips", {}),
         rs.get("postgres sync", {}).get("idempo", {}).get("trips", {}),
     )
-    md.append(
-        "- Round trips 2 / 1 / 1 (new key / replay / rejected duplicate), at the server: "
-        + "; ".join(
-            f"{store} {t.get('new key', float('nan')):.2f} / {t.get('replay', float('nan')):.2f}"
-            f" / {inflight[0][key] if inflight else float('nan'):.2f}"
-            for store, key, t in zip(
-                ("Redis", "PostgreSQL"), ("redis", "postgres"), trips_ok, strict=True
+    nan = float("nan")
+    if fn_libs:
+        md.append(
+            "- Round trips 2 / 1 / 1 (new key / replay / rejected duplicate), at the server: "
+            + "; ".join(
+                f"{store} {t.get('new key', nan):.2f} / {t.get('replay', nan):.2f}"
+                f" / {inflight[0][key] if inflight else nan:.2f}"
+                for store, key, t in zip(
+                    ("Redis", "PostgreSQL"), ("redis", "postgres"), trips_ok, strict=True
+                )
             )
         )
-    )
-    md += [
+    targets = [
         target(
             "Redis function new key ≤ 1.3x (sync)",
             values.get(("idempo", "redis sync", "new key")),
@@ -1011,6 +1017,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             "{:.2f}",
         ),
     ]
+    md += [t for t in targets if not t.endswith(": not measured")]
     md.append(
         f"- Ahead of every peer in every cell: **{'met' if not behind else 'missed'}** "
         f"({len(behind)} cells behind, listed above)"
@@ -1033,8 +1040,13 @@ def write_readme(md: list[str], server: str) -> None:
 
 
 def settings_line(args: argparse.Namespace, runs: int) -> str:
+    function = (
+        "--skip-function"
+        if args.skip_function
+        else f"--calls {args.calls} --repeats {args.repeats}"
+    )
     return (
-        f"{runs} runs of `bench_peers.py --calls {args.calls} --repeats {args.repeats} "
+        f"{runs} runs of `bench_peers.py --server {args.server} {function} "
         f"--rt-calls {args.rt_calls} --rounds {args.rounds} --http-duration {args.http_duration:g} "
         f"--http-warmup {args.http_warmup:g}` (wrk -t1 -c{args.connections}; uvicorn one worker, "
         f"--loop {SERVER['loop']} --http {SERVER['http']}; Python {sys.version.split()[0]}); "
