@@ -11,8 +11,11 @@ import hashlib
 from typing import Any
 
 from redis.exceptions import (
-    ClusterDownError,
+    AskError,
+    ClusterError,
+    MovedError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     TryAgainError,
 )
@@ -26,6 +29,7 @@ from idempo.stores._rows import RECORD_FORMAT
 
 __all__ = [
     "CLAIM",
+    "CLIENT_ERRORS",
     "COMPLETE",
     "DELETE",
     "EXTEND",
@@ -217,15 +221,22 @@ return 0
 )
 
 # Errors meaning "the store cannot serve us now; nothing was done": retry later or elsewhere.
-# ReadOnlyError is a demoted primary after a failover; the cluster ones are resharding/failover.
+# ReadOnlyError is a demoted primary after a failover. The cluster ones are resharding, failover
+# and shards down: ClusterError covers ClusterDownError and MasterDownError and a command whose
+# redirections ran out; RedisClusterException (not a RedisError) covers SlotNotCoveredError and a
+# cluster the client cannot reach or map.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
     RedisTimeoutError,
     ReadOnlyError,
-    ClusterDownError,
+    ClusterError,
     TryAgainError,
+    RedisClusterException,
     OSError,
 )
+
+#: What a redis-py client may raise: the store translates each of these at its boundary.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 # The scripts' status codes, as a client with decode_responses=False reads them.
 STATUS = {status.value.encode(): status for status in ClaimStatus}
@@ -238,11 +249,24 @@ class Script:
 
     def __init__(self, script: str) -> None:
         self.script = script
-        self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+        self.sha = self.digest()
+
+    def digest(self) -> str:
+        """The SHA1 the server files the script under once EVAL or SCRIPT LOAD gave it."""
+        return hashlib.sha1(self.script.encode(), usedforsecurity=False).hexdigest()
 
 
-def translated(exc: RedisError | OSError) -> StoreUnavailableError | StoreError:
-    """The idempo error for a Redis client error: the one place where they are told apart."""
+def translated(exc: Exception) -> StoreUnavailableError | StoreError:
+    """The idempo error for a Redis client error (one of CLIENT_ERRORS): the one place where
+    they are told apart."""
+    if isinstance(exc, AskError):
+        # Only a plain client sees a redirection: a cluster client follows it. redis-py's
+        # message keeps the slot and the address but drops the word that says what happened.
+        word = "MOVED" if isinstance(exc, MovedError) else "ASK"
+        return StoreError(
+            f"Redis answered {word} {exc}: this is a cluster node: use redis+cluster:// "
+            "(or a RedisCluster client)"
+        )
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailableError(f"Redis is unavailable: {exc}")
     return StoreError(f"Redis refused an idempo command: {exc}")
