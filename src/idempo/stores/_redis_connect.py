@@ -10,18 +10,25 @@ a ``sync_``/``async_`` pair of functions hides it, so that each generated twin p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis import BlockingConnectionPool
 
+from idempo.errors import StoreUnavailableError
+
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
     "async_cluster_pool",
+    "async_gate",
     "client_options",
     "cluster_seed",
     "sync_cluster_pool",
+    "sync_gate",
 ]
 
 #: Seconds any one step of an operation may take: the connect, each reply, the wait for a
@@ -71,7 +78,56 @@ def sync_cluster_pool(max_connections: int, pool_timeout: float) -> dict[str, An
 
 
 def async_cluster_pool(max_connections: int, pool_timeout: float) -> dict[str, Any]:
-    """redis.asyncio RedisCluster options for each node's connections. It has no waiting pool:
-    past ``max_connections`` busy connections on one node an operation fails at once
-    (StoreUnavailableError), so ``pool_timeout`` has nothing to bound."""
+    """redis.asyncio RedisCluster options for each node's connections. It has no waiting pool
+    (past ``max_connections`` busy connections on a node it fails at once): async_gate waits
+    for it, up to ``pool_timeout``."""
     return {"max_connections": max_connections}
+
+
+class _Gate:
+    """At most ``limit`` operations in flight, each waiting up to ``timeout`` for its turn.
+
+    With no more operations in flight than one node may have connections, no node runs out,
+    however the keys fall: a burst waits as it does on a blocking pool, instead of failing.
+    """
+
+    __slots__ = ("_limit", "_semaphore", "_timeout")
+
+    def __init__(self, limit: int, timeout: float) -> None:
+        self._limit = limit
+        self._semaphore = asyncio.Semaphore(limit)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> None:
+        try:
+            await asyncio.wait_for(self._semaphore.acquire(), self._timeout)
+        except TimeoutError:
+            raise StoreUnavailableError(
+                f"Redis is unavailable: no free connection within {self._timeout}s "
+                f"(max_connections={self._limit})"
+            ) from None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._semaphore.release()
+
+
+def async_gate(
+    max_connections: int | None, pool_timeout: float
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """What an asyncio store's operation enters first: for redis.asyncio's cluster client
+    (``max_connections`` given), the wait for a connection that it lacks; else nothing."""
+    if max_connections is None:
+        return contextlib.nullcontext()
+    return _Gate(max_connections, pool_timeout)
+
+
+def sync_gate(
+    max_connections: int | None, pool_timeout: float
+) -> contextlib.AbstractContextManager[None]:
+    """Nothing: redis-py's sync pools wait for a connection themselves (BlockingConnectionPool)."""
+    return contextlib.nullcontext()

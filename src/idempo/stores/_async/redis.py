@@ -98,6 +98,7 @@ class AsyncRedisStore:
         self._owns_client = False
         self._connect: Callable[[], Redis | RedisCluster] | None = None
         self._connecting = threading.Lock()
+        self._gate = connect.async_gate(None, 0)
         self._claim = lua.Script(lua.CLAIM)
         self._complete = lua.Script(lua.COMPLETE)
         self._extend = lua.Script(lua.EXTEND)
@@ -157,6 +158,7 @@ class AsyncRedisStore:
             # The sync RedisCluster maps the cluster as it is built: building it at the first
             # operation keeps opening a store free of I/O, and its failure a translated one.
             store._connect = cluster
+            store._gate = connect.async_gate(max_connections, pool_timeout)
         else:
             # A blocking pool: under a burst, callers wait for a connection (up to
             # pool_timeout) instead of failing with "Too many connections".
@@ -199,15 +201,16 @@ class AsyncRedisStore:
         EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
         try:
-            client = self.client
-            try:
-                return await client.evalsha(script.sha, 1, redis_key, *args)
-            except NoScriptError:
-                # EVAL goes where the key lives, as EVALSHA did, and leaves the script cached
-                # on that node under its SHA1; SCRIPT LOAD would go to every primary of a
-                # cluster, and fail while any of them is down.
-                script.sha = script.digest()
-                return await client.eval(script.script, 1, redis_key, *args)
+            async with self._gate:
+                client = self.client
+                try:
+                    return await client.evalsha(script.sha, 1, redis_key, *args)
+                except NoScriptError:
+                    # EVAL goes where the key lives, as EVALSHA did, and leaves the script
+                    # cached on that node under its SHA1; SCRIPT LOAD would go to every primary
+                    # of a cluster, and fail while any of them is down.
+                    script.sha = script.digest()
+                    return await client.eval(script.script, 1, redis_key, *args)
         except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
 

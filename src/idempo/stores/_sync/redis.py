@@ -99,6 +99,7 @@ class RedisStore:
         self._owns_client = False
         self._connect: Callable[[], Redis | RedisCluster] | None = None
         self._connecting = threading.Lock()
+        self._gate = connect.sync_gate(None, 0)
         self._claim = lua.Script(lua.CLAIM)
         self._complete = lua.Script(lua.COMPLETE)
         self._extend = lua.Script(lua.EXTEND)
@@ -158,6 +159,7 @@ class RedisStore:
             # The sync RedisCluster maps the cluster as it is built: building it at the first
             # operation keeps opening a store free of I/O, and its failure a translated one.
             store._connect = cluster
+            store._gate = connect.sync_gate(max_connections, pool_timeout)
         else:
             # A blocking pool: under a burst, callers wait for a connection (up to
             # pool_timeout) instead of failing with "Too many connections".
@@ -200,15 +202,16 @@ class RedisStore:
         EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
         try:
-            client = self.client
-            try:
-                return client.evalsha(script.sha, 1, redis_key, *args)
-            except NoScriptError:
-                # EVAL goes where the key lives, as EVALSHA did, and leaves the script cached
-                # on that node under its SHA1; SCRIPT LOAD would go to every primary of a
-                # cluster, and fail while any of them is down.
-                script.sha = script.digest()
-                return client.eval(script.script, 1, redis_key, *args)
+            with self._gate:
+                client = self.client
+                try:
+                    return client.evalsha(script.sha, 1, redis_key, *args)
+                except NoScriptError:
+                    # EVAL goes where the key lives, as EVALSHA did, and leaves the script
+                    # cached on that node under its SHA1; SCRIPT LOAD would go to every primary
+                    # of a cluster, and fail while any of them is down.
+                    script.sha = script.digest()
+                    return client.eval(script.script, 1, redis_key, *args)
         except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
 
