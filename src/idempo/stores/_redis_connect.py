@@ -16,19 +16,31 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from redis import BlockingConnectionPool
+from redis._parsers import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from idempo.errors import StoreUnavailableError
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
-    "async_cluster_pool",
+    "async_cluster",
     "async_gate",
+    "async_ready",
     "client_options",
     "cluster_seed",
-    "sync_cluster_pool",
+    "sync_cluster",
     "sync_gate",
+    "sync_ready",
 ]
 
 #: Seconds any one step of an operation may take: the connect, each reply, the wait for a
@@ -67,21 +79,104 @@ def client_options(timeout: float, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def sync_cluster_pool(max_connections: int, pool_timeout: float) -> dict[str, Any]:
-    """RedisCluster options for each node's pool: a blocking one, so that a burst waits up to
-    ``pool_timeout`` for a connection instead of failing at once."""
-    return {
-        "connection_pool_class": BlockingConnectionPool,
-        "max_connections": max_connections,
-        "timeout": pool_timeout,
-    }
+# redis-py 6 made ``retry=`` the cluster client's own retry count; before, it was
+# ``cluster_error_retry_attempts`` (now deprecated, with a warning).
+_RETRY_OWNS_CLUSTER_RESENDS = int(redis.__version__.split(".")[0]) >= 6
+# COMMAND while mapping the cluster goes to its first primary alone: with that one down, a
+# client could not start. Mapping is read-only, so these tries may go elsewhere.
+_MAPPING_TRIES = 3
 
 
-def async_cluster_pool(max_connections: int, pool_timeout: float) -> dict[str, Any]:
-    """redis.asyncio RedisCluster options for each node's connections. It has no waiting pool
-    (past ``max_connections`` busy connections on a node it fails at once): async_gate waits
-    for it, up to ``pool_timeout``."""
-    return {"max_connections": max_connections}
+def _cluster_retries(retries: int) -> dict[str, Any]:
+    if _RETRY_OWNS_CLUSTER_RESENDS:
+        return {}
+    return {"cluster_error_retry_attempts": retries}  # pragma: no cover - redis-py 5
+
+
+def _no_retry_option(options: dict[str, Any]) -> None:
+    if "retry" in options:
+        raise ValueError(
+            "a Redis Cluster store takes no retry=: it follows redirections (MOVED, ASK, "
+            "TRYAGAIN: they ran nothing) and resends nothing else"
+        )
+
+
+def sync_cluster(
+    seed: str, max_connections: int, pool_timeout: float, options: dict[str, Any]
+) -> RedisCluster:
+    """A RedisCluster for the seed node's URL, mapped (the sync client maps the cluster as it
+    is built), that never resends a command after a timeout or a lost connection: the caller
+    sees StoreUnavailableError and retries the whole operation with the same key.
+
+    Each node's pool is a blocking one, so that a burst waits up to ``pool_timeout`` for a
+    connection instead of failing at once. A node down must not make the whole cluster
+    unusable: the keys of the shards that are up keep working, the others give
+    StoreUnavailableError (``require_full_coverage=False``)."""
+    _no_retry_option(options)
+    client = RedisCluster.from_url(
+        seed,
+        require_full_coverage=False,
+        decode_responses=False,
+        connection_pool_class=BlockingConnectionPool,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        retry=Retry(NoBackoff(), _MAPPING_TRIES),
+        **_cluster_retries(_MAPPING_TRIES),
+        **options,
+    )
+    # From here on, no resends: a script resent after a timeout may already have run.
+    client.retry = Retry(NoBackoff(), 0)
+    if not _RETRY_OWNS_CLUSTER_RESENDS:  # pragma: no cover - redis-py 5
+        client.cluster_error_retry_attempts = 0  # type: ignore[attr-defined]
+    return client
+
+
+class _AnyNodeCommands(AsyncCommandsParser):
+    """redis.asyncio's parser of COMMAND, asking the first node that answers: redis-py asks
+    the cluster's first primary alone, so a client could not map a cluster whose first
+    shard is down."""
+
+    __slots__ = ("_cluster",)
+
+    def __init__(self, cluster: AsyncRedisCluster) -> None:
+        super().__init__()
+        self._cluster = cluster
+
+    async def initialize(self, node: AsyncClusterNode | None = None) -> None:
+        candidates = [node] if node is not None else []
+        candidates += [n for n in self._cluster.get_nodes() if n is not node]
+        error: BaseException | None = None
+        for candidate in candidates:
+            try:
+                await super().initialize(candidate)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                error = exc
+            else:
+                return
+        raise error or RedisConnectionError("no cluster node to ask for COMMAND")
+
+
+def async_cluster(
+    seed: str, max_connections: int, pool_timeout: float, options: dict[str, Any]
+) -> AsyncRedisCluster:
+    """A redis.asyncio RedisCluster for the seed node's URL (it maps the cluster at its first
+    command), that never resends a command after a timeout or a lost connection.
+
+    It has no waiting pool (past ``max_connections`` busy connections on a node it fails at
+    once): async_gate waits for it, up to ``pool_timeout``. Shards down: as for
+    sync_cluster."""
+    _no_retry_option(options)
+    client = AsyncRedisCluster.from_url(
+        seed,
+        require_full_coverage=False,
+        decode_responses=False,
+        max_connections=max_connections,
+        retry=AsyncRetry(NoBackoff(), 0),
+        **_cluster_retries(0),
+        **options,
+    )
+    client.commands_parser = _AnyNodeCommands(client)
+    return client
 
 
 class _Gate:
@@ -131,3 +226,17 @@ def sync_gate(
 ) -> contextlib.AbstractContextManager[None]:
     """Nothing: redis-py's sync pools wait for a connection themselves (BlockingConnectionPool)."""
     return contextlib.nullcontext()
+
+
+async def async_ready(client: object) -> None:
+    """Map the cluster before a command is routed: redis.asyncio's cluster client routes a
+    command it sends before its first mapping (or after a reset) to an arbitrary node, and
+    under concurrency the MOVED replies then make it close every connection, in-flight
+    commands' included. Nothing for a mapped or a plain client."""
+    if isinstance(client, AsyncRedisCluster):
+        await client.initialize()
+
+
+def sync_ready(client: object) -> None:
+    """Nothing: the sync cluster client maps the cluster as it is built, and again inline
+    after an error."""

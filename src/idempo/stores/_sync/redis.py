@@ -135,23 +135,13 @@ class RedisStore:
         options = connect.client_options(timeout, client_options)
         max_connections = options.pop("max_connections", connect.DEFAULT_MAX_CONNECTIONS)
         pool_timeout = options.pop("pool_timeout", timeout)
-        # No silent client-side retries: a script resent after a timeout may already have run
-        # (a claim would then find its own lease "in progress"). The caller sees
-        # StoreUnavailableError and retries the whole operation with the same key. A cluster
-        # client still follows MOVED, ASK and TRYAGAIN: those ran nothing.
-        options = {"retry": Retry(NoBackoff(), 0), **options}
         seed = connect.cluster_seed(url)
         if seed is not None:
             if wait_replicas:
                 raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
-            pool = connect.sync_cluster_pool(max_connections, pool_timeout)
 
             def cluster() -> RedisCluster:
-                # A node down must not make the whole cluster unusable: the keys of the shards
-                # that are up keep working, the others give StoreUnavailableError.
-                return RedisCluster.from_url(
-                    seed, require_full_coverage=False, decode_responses=False, **pool, **options
-                )
+                return connect.sync_cluster(seed, max_connections, pool_timeout, options)
 
             store = cls.__new__(cls)
             store._setup(prefix, wait_replicas, wait_timeout)
@@ -163,12 +153,15 @@ class RedisStore:
         else:
             # A blocking pool: under a burst, callers wait for a connection (up to
             # pool_timeout) instead of failing with "Too many connections".
+            # No silent client-side retries: a script resent after a timeout may already have
+            # run (a claim would then find its own lease "in progress"). The caller sees
+            # StoreUnavailableError and retries the whole operation with the same key.
             blocking = BlockingConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
                 timeout=pool_timeout,
                 decode_responses=False,
-                **options,
+                **{"retry": Retry(NoBackoff(), 0), **options},
             )
             # the client owns the pool: close() disconnects it
             store = cls(
@@ -204,6 +197,7 @@ class RedisStore:
         try:
             with self._gate:
                 client = self.client
+                connect.sync_ready(client)
                 try:
                     return client.evalsha(script.sha, 1, redis_key, *args)
                 except NoScriptError:
