@@ -19,11 +19,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from idempo import open_async_store, open_store
+from idempo.asgi import IdempotencyMiddleware
 from idempo.core.records import ClaimStatus
 from idempo.errors import StoreError, StoreUnavailableError
 from idempo.stores.redis import AsyncRedisStore, RedisStore
@@ -295,6 +298,39 @@ def test_a_plain_url_at_a_cluster_node_says_so(cluster: Cluster, prefix: str) ->
         probe.close()
 
 
+def test_cluster_operations_are_bounded_and_never_resent(cluster: Cluster) -> None:
+    """A cluster store's clients bound each step by the timeout (default 5 s) on every node,
+    and resend nothing (they still follow redirections, which ran nothing)."""
+    with _pair(cluster, "p:") as default:
+        default.sync.get("s", "k")
+        default.run(default.aio.get("s", "k"))
+        sync_client, async_client = default.sync.client, default.aio.client
+        assert isinstance(sync_client, RedisCluster)
+        assert sync_client.retry.get_retries() == 0
+        assert isinstance(async_client, AsyncRedisCluster)
+        assert async_client.retry.get_retries() == 0
+    store = RedisStore.from_url(cluster.url())
+    astore = AsyncRedisStore.from_url(cluster.url())
+    loop = asyncio.new_event_loop()
+    try:
+        store.get("s", "k")
+        loop.run_until_complete(astore.get("s", "k"))
+        for node in store.client.get_nodes():  # type: ignore[union-attr]
+            kwargs = node.redis_connection.connection_pool.connection_kwargs
+            assert kwargs["socket_timeout"] == 5.0
+            assert kwargs["socket_connect_timeout"] == 5.0
+            assert node.redis_connection.connection_pool.timeout == 5.0
+        for anode in astore.client.get_nodes():  # type: ignore[union-attr]
+            assert anode.connection_kwargs["socket_timeout"] == 5.0
+            assert anode.connection_kwargs["socket_connect_timeout"] == 5.0
+    finally:
+        store.close()
+        loop.run_until_complete(astore.close())
+        loop.close()
+    with pytest.raises(ValueError, match="retry="):
+        RedisStore.from_url(cluster.url(), retry=None)
+
+
 def test_cluster_url_options_are_checked() -> None:
     """A cluster has one database (0); WAIT is for a plain client; nothing connects at open."""
     with pytest.raises(ValueError, match="one database"):
@@ -498,6 +534,12 @@ def test_shard_down_before_first_use(cluster: Cluster, prefix: str) -> None:
     wait_until("the live shards serve again", lambda: _states(live) == {"ok"}, 30)
     with _pair(cluster, prefix) as both:
         _check_partial_outage(both, shards, down)
+        # Through the HTTP middleware: 503 with Retry-After for the keys of the down shard,
+        # the others served, never a 500.
+        statuses = both.run(_post_many(both.aio, 30))
+    assert set(statuses) <= {201, 503}, statuses
+    assert 201 in statuses
+    assert 503 in statuses
 
 
 def _states(nodes: list[Server]) -> set[str]:
@@ -542,3 +584,23 @@ def _check_partial_outage(both: _Pair, shards: dict[str, list[str]], down: str) 
             else:
                 assert claim().status in served
                 assert aclaim().status is ClaimStatus.IN_PROGRESS
+
+
+async def _post_many(store: AsyncRedisStore, count: int) -> list[int]:
+    """The statuses of ``count`` POSTs, each with its own key, through the ASGI middleware."""
+
+    async def charge(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged"})
+
+    app = IdempotencyMiddleware(charge, store=store)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        statuses = []
+        for n in range(count):
+            headers = {"Idempotency-Key": f'"key-{n}-{uuid.uuid4().hex}"'}
+            response = await client.post("/charges", content=b"{}", headers=headers)
+            if response.status_code == 503:
+                assert "retry-after" in response.headers
+            statuses.append(response.status_code)
+    return statuses

@@ -33,11 +33,14 @@ from idempo.errors import StoreUnavailableError
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
+    "async_close",
     "async_cluster",
     "async_gate",
     "async_ready",
+    "check_cluster_options",
     "client_options",
     "cluster_seed",
+    "sync_close",
     "sync_cluster",
     "sync_gate",
     "sync_ready",
@@ -93,7 +96,8 @@ def _cluster_retries(retries: int) -> dict[str, Any]:
     return {"cluster_error_retry_attempts": retries}  # pragma: no cover - redis-py 5
 
 
-def _no_retry_option(options: dict[str, Any]) -> None:
+def check_cluster_options(options: dict[str, Any]) -> None:
+    """Refuse, when the store is opened, what a cluster store cannot take."""
     if "retry" in options:
         raise ValueError(
             "a Redis Cluster store takes no retry=: it follows redirections (MOVED, ASK, "
@@ -112,7 +116,6 @@ def sync_cluster(
     connection instead of failing at once. A node down must not make the whole cluster
     unusable: the keys of the shards that are up keep working, the others give
     StoreUnavailableError (``require_full_coverage=False``)."""
-    _no_retry_option(options)
     client = RedisCluster.from_url(
         seed,
         require_full_coverage=False,
@@ -165,7 +168,6 @@ def async_cluster(
     It has no waiting pool (past ``max_connections`` busy connections on a node it fails at
     once): async_gate waits for it, up to ``pool_timeout``. Shards down: as for
     sync_cluster."""
-    _no_retry_option(options)
     client = AsyncRedisCluster.from_url(
         seed,
         require_full_coverage=False,
@@ -240,3 +242,18 @@ async def async_ready(client: object) -> None:
 def sync_ready(client: object) -> None:
     """Nothing: the sync cluster client maps the cluster as it is built, and again inline
     after an error."""
+
+
+async def async_close(client: Any) -> None:
+    """Close a client and every connection it opened."""
+    await client.aclose()
+    if isinstance(client, AsyncRedisCluster):
+        # Its aclose() does nothing while it is due to map the cluster again (after a
+        # connection error, say): its nodes' connections would be left open.
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
+
+
+def sync_close(client: Any) -> None:
+    """Close a client and every connection it opened."""
+    client.close()

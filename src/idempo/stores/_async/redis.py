@@ -138,6 +138,7 @@ class AsyncRedisStore:
         if seed is not None:
             if wait_replicas:
                 raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
+            connect.check_cluster_options(options)
 
             def cluster() -> RedisCluster:
                 return connect.async_cluster(seed, max_connections, pool_timeout, options)
@@ -305,4 +306,4 @@ class AsyncRedisStore:
         """Close the client if this store created it (from_url); a client passed in is the
         caller's to close."""
         if self._owns_client and self._client is not None:
-            await self._client.aclose()
+            await connect.async_close(self._client)

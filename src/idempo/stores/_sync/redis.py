@@ -139,6 +139,7 @@ class RedisStore:
         if seed is not None:
             if wait_replicas:
                 raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
+            connect.check_cluster_options(options)
 
             def cluster() -> RedisCluster:
                 return connect.sync_cluster(seed, max_connections, pool_timeout, options)
@@ -306,4 +307,4 @@ class RedisStore:
         """Close the client if this store created it (from_url); a client passed in is the
         caller's to close."""
         if self._owns_client and self._client is not None:
-            self._client.close()
+            connect.sync_close(self._client)
