@@ -24,7 +24,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-__all__ = ["Cluster", "Server", "redis_cluster", "redis_server", "wait_until"]
+__all__ = ["Cluster", "Server", "redis_cluster", "redis_server", "retries", "wait_until"]
 
 POLL = 0.05  # seconds between two looks at a condition
 
@@ -43,6 +43,12 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float) -> Any:
                 return last
         time.sleep(POLL)
     pytest.fail(f"{what}: not within {timeout}s (last seen: {last!r})")
+
+
+def retries(retry: Any) -> int:
+    """How many times a redis-py Retry resends (get_retries() is redis-py 6 and later)."""
+    get = getattr(retry, "get_retries", None)
+    return int(get() if get is not None else retry._retries)
 
 
 def _free_port(avoid: set[int]) -> int:

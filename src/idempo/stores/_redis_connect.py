@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -120,9 +121,8 @@ def sync_cluster(
         seed,
         require_full_coverage=False,
         decode_responses=False,
-        connection_pool_class=BlockingConnectionPool,
+        connection_pool_class=functools.partial(BlockingConnectionPool, timeout=pool_timeout),
         max_connections=max_connections,
-        timeout=pool_timeout,
         retry=Retry(NoBackoff(), _MAPPING_TRIES),
         **_cluster_retries(_MAPPING_TRIES),
         **options,

@@ -17,6 +17,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -259,17 +260,29 @@ class Script:
 def translated(exc: Exception) -> StoreUnavailableError | StoreError:
     """The idempo error for a Redis client error (one of CLIENT_ERRORS): the one place where
     they are told apart."""
-    if isinstance(exc, AskError):
-        # Only a plain client sees a redirection: a cluster client follows it. redis-py's
-        # message keeps the slot and the address but drops the word that says what happened.
-        word = "MOVED" if isinstance(exc, MovedError) else "ASK"
+    redirection = _redirection(exc)
+    if redirection is not None:
         return StoreError(
-            f"Redis answered {word} {exc}: this is a cluster node: use redis+cluster:// "
+            f"Redis answered {redirection}: this is a cluster node: use redis+cluster:// "
             "(or a RedisCluster client)"
         )
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailableError(f"Redis is unavailable: {exc}")
     return StoreError(f"Redis refused an idempo command: {exc}")
+
+
+def _redirection(exc: Exception) -> str | None:
+    """The MOVED or ASK reply a plain client got from a cluster node (a cluster client follows
+    them), or None. redis-py 6 and later raise MovedError and AskError, whose message keeps the
+    slot and the address but drops the word that says what happened; redis-py 5 raises a bare
+    ResponseError."""
+    if isinstance(exc, MovedError):
+        return f"MOVED {exc}"
+    if isinstance(exc, AskError):
+        return f"ASK {exc}"
+    if isinstance(exc, ResponseError) and str(exc).startswith(("MOVED ", "ASK ")):
+        return str(exc)
+    return None
 
 
 def ms(seconds: float) -> int:
