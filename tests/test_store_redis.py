@@ -541,6 +541,7 @@ UNAVAILABLE_ERRORS: list[Exception] = [
     SlotNotCoveredError("Slot 1234 is not covered by the cluster."),
     RedisClusterException("Redis Cluster cannot be connected. Please provide at least one node"),
     ConnectionResetError(104, "Connection reset by peer"),
+    ValueError("I/O operation on closed file."),  # seen as a cluster re-maps under a thread
 ]
 if hasattr(redis.exceptions, "MaxConnectionsError"):  # redis-py 6 and later
     UNAVAILABLE_ERRORS.append(redis.exceptions.MaxConnectionsError("Too many connections"))

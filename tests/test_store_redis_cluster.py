@@ -339,6 +339,8 @@ def test_cluster_url_options_are_checked() -> None:
         open_store("redis+cluster://127.0.0.1:7000/3")
     with pytest.raises(ValueError, match="wait_replicas"):
         open_store("redis+cluster://127.0.0.1:7000", wait_replicas=1)
+    with pytest.raises(ValueError, match="socket_timeout"):
+        open_store("redis+cluster://127.0.0.1:7000?socket_timeout=soon")
     for url in ("redis+cluster://127.0.0.1:1", "rediss+cluster://127.0.0.1:1/0"):
         store = open_store(url, timeout=TIMEOUT)  # no server: opening it sends nothing
         assert isinstance(store, RedisStore)

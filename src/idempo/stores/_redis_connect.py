@@ -25,6 +25,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -68,7 +69,9 @@ def cluster_seed(url: str) -> str | None:
         # redis-py would only say so at the first operation, as an error that reads like an
         # outage.
         raise ValueError(f"a Redis Cluster has one database (0), not {database!r}: {url!r}")
-    return f"{plain}://{rest}"
+    seed = f"{plain}://{rest}"
+    parse_url(seed)  # a malformed URL is refused now, not as an outage at the first operation
+    return seed
 
 
 def client_options(timeout: float, options: dict[str, Any]) -> dict[str, Any]:

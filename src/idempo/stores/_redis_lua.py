@@ -234,10 +234,18 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TryAgainError,
     RedisClusterException,
     OSError,
+    # "I/O operation on closed file": redis-py's sync cluster client, re-mapping the cluster
+    # after a node failed, closes connections that another thread's command is using.
+    ValueError,
 )
 
 #: What a redis-py client may raise: the store translates each of these at its boundary.
-CLIENT_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    ValueError,
+)
 
 # The scripts' status codes, as a client with decode_responses=False reads them.
 STATUS = {status.value.encode(): status for status in ClaimStatus}
