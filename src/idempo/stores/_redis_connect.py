@@ -70,7 +70,8 @@ def cluster_seed(url: str) -> str | None:
         # outage.
         raise ValueError(f"a Redis Cluster has one database (0), not {database!r}: {url!r}")
     seed = f"{plain}://{rest}"
-    parse_url(seed)  # a malformed URL is refused now, not as an outage at the first operation
+    # A malformed URL is refused now, not as an outage at the first operation.
+    parse_url(seed)  # type: ignore[no-untyped-call]
     return seed
 
 
