@@ -1,16 +1,19 @@
 """The Redis store: the server-store tier of the public suite (sync and async), and what it
-promises beyond it: one command per operation, its record layout, error translation, WAIT, and
-client ownership."""
+promises beyond it: one command per operation, its record layout, error translation, bounded
+operations on a stalled server, WAIT, and client ownership. Redis Cluster has its own module,
+test_store_redis_cluster."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,19 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from idempo import open_store
@@ -26,6 +42,7 @@ from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores.redis import AsyncRedisStore, RedisStore
 from idempo.testing import AsyncServerStoreConformance, ServerStoreConformance
 from tests.conftest import REDIS_URL, require_service
+from tests.redis_servers import Server, redis_server, retries, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -508,6 +525,259 @@ def test_store_down_with_default_retries_is_unavailable() -> None:
     try:
         with pytest.raises(StoreUnavailableError):
             store.get("s", "k")
+    finally:
+        store.close()
+
+
+# Every error a redis-py client raises, plain or cluster, and what the store makes of it.
+UNAVAILABLE_ERRORS: list[Exception] = [
+    RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."),
+    RedisTimeoutError("Timeout reading from socket"),
+    ReadOnlyError("You can't write against a read only replica."),
+    ClusterDownError("The cluster is down"),
+    MasterDownError("Link with MASTER is down and replica-serve-stale-data is set to 'no'."),
+    TryAgainError("Multiple keys request during rehashing of slot"),
+    ClusterError("TTL exhausted."),
+    SlotNotCoveredError("Slot 1234 is not covered by the cluster."),
+    RedisClusterException("Redis Cluster cannot be connected. Please provide at least one node"),
+    ConnectionResetError(104, "Connection reset by peer"),
+    ValueError("I/O operation on closed file."),  # seen as a cluster re-maps under a thread
+]
+if hasattr(redis.exceptions, "MaxConnectionsError"):  # redis-py 6 and later
+    UNAVAILABLE_ERRORS.append(redis.exceptions.MaxConnectionsError("Too many connections"))
+
+
+@pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
+def test_client_errors_are_store_unavailable(
+    store: RedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every outage a client reports, the cluster ones included (RedisClusterException and
+    SlotNotCoveredError are no RedisError), is StoreUnavailableError: nothing raw escapes."""
+
+    def fail(*args: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(store.client, "evalsha", fail)
+    for operation in OPERATIONS.values():
+        with pytest.raises(StoreUnavailableError, match="Redis is unavailable") as info:
+            operation(store)
+        assert info.value.__cause__ is error
+
+
+@pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
+async def test_async_client_errors_are_store_unavailable(
+    astore: AsyncRedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async store translates every client outage the same way."""
+
+    async def fail(*args: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(astore.client, "evalsha", fail)
+    with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+        await astore.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
+    with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+        await astore.get("s", "k")
+
+
+@pytest.mark.parametrize(
+    ("error", "word"),
+    [
+        (MovedError("3999 127.0.0.1:7001"), "MOVED"),
+        (AskError("3999 127.0.0.1:7001"), "ASK"),
+        (redis.ResponseError("MOVED 3999 127.0.0.1:7001"), "MOVED"),  # as redis-py 5 raises it
+    ],
+)
+def test_a_redirection_says_to_use_the_cluster_url(
+    store: RedisStore, error: Exception, word: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain client at a cluster node gets redirections: the error names them, where they
+    point, and the URL to use instead (the cluster module sees it on a real cluster)."""
+
+    def fail(*args: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(store.client, "evalsha", fail)
+    with pytest.raises(StoreError, match=rf"{word} 3999 127.0.0.1:7001.*use redis\+cluster://"):
+        store.get("s", "k")
+
+
+# -- timeouts: a stalled server ------------------------------------------------------------------
+
+BOUND = 0.5  # the timeout the stalled-server tests give their stores
+
+
+def _elapsed(started: float) -> float:
+    return time.monotonic() - started
+
+
+def _evalsha_count(server: Server) -> int:
+    with server.client() as client:
+        return _calls(client).get("cmdstat_evalsha", 0)
+
+
+def test_the_default_timeout_bounds_every_step() -> None:
+    """Without timeout=, the connect, each reply and the wait for a pooled connection are
+    bounded by 5 s, and the client never resends; timeout= sets all three."""
+    store = RedisStore.from_url(REDIS_URL)
+    try:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        pool = client.connection_pool
+        assert isinstance(pool, redis.BlockingConnectionPool)
+        assert pool.connection_kwargs["socket_timeout"] == 5.0
+        assert pool.connection_kwargs["socket_connect_timeout"] == 5.0
+        assert pool.timeout == 5.0
+        assert retries(pool.connection_kwargs["retry"]) == 0
+    finally:
+        store.close()
+    store = RedisStore.from_url(REDIS_URL, timeout=1.5, socket_connect_timeout=0.2)
+    try:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        pool = client.connection_pool
+        assert isinstance(pool, redis.BlockingConnectionPool)
+        assert pool.connection_kwargs["socket_timeout"] == 1.5
+        assert pool.connection_kwargs["socket_connect_timeout"] == 0.2
+        assert pool.timeout == 1.5
+    finally:
+        store.close()
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="timeout"):
+            RedisStore.from_url(REDIS_URL, timeout=bad)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Server]:
+    """A redis-server of this test's own, to pause."""
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def test_stalled_server_is_unavailable_within_the_timeout(own_server: Server) -> None:
+    """A paused (SIGSTOP) server gives StoreUnavailableError within about the timeout, on a
+    pooled connection and on a new one, with nothing resent; it serves again once resumed."""
+    store = RedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    other = RedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    try:
+        # a pooled connection, and the scripts loaded (else the stalled EVALSHA would be
+        # refused with NOSCRIPT, and run nothing)
+        store.claim("s", "warm", "fp", "t", lease=LEASE, ttl=TTL)
+        store.release("s", "warm", "t")
+        before = _evalsha_count(own_server)
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                store.claim("s", "k", "fp", "t1", lease=LEASE, ttl=TTL)
+            assert BOUND * 0.8 <= _elapsed(started) < BOUND + 1.0
+            # A new connection: the kernel accepts it for the paused server; the handshake
+            # then waits for a reply that does not come.
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                other.get("s", "k")
+            assert _elapsed(started) < BOUND * 2 + 1.0
+        finally:
+            own_server.resume()
+        # Served again, on the same store.
+        again = store.claim("s", "k", "fp", "t2", lease=LEASE, ttl=TTL)
+        # The timed-out claim sat in the paused server's socket and ran when it resumed: the
+        # reason a client must not resend it (it would find its own claim "in progress").
+        # The engine releases such a claim with the token it holds.
+        assert again.status is ClaimStatus.IN_PROGRESS
+        assert store.release("s", "k", "t1") is True
+        # EVALSHA ran for the timed-out claim once, the later claim and release once each.
+        assert _evalsha_count(own_server) - before == 3
+    finally:
+        store.close()
+        other.close()
+
+
+async def test_async_stalled_server_is_unavailable_within_the_timeout(
+    own_server: Server,
+) -> None:
+    """The async store gives StoreUnavailableError within about the timeout on a paused
+    server, and serves again once it is resumed."""
+    store = AsyncRedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    try:
+        await store.get("s", "warm")
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                await store.claim("s", "k", "fp", "t1", lease=LEASE, ttl=TTL)
+            assert BOUND * 0.8 <= _elapsed(started) < BOUND + 1.0
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                await store.get("s", "k")
+            assert _elapsed(started) < BOUND * 2 + 1.0
+        finally:
+            own_server.resume()
+        claimed = await store.claim("s", "fresh", "fp", "t", lease=LEASE, ttl=TTL)
+        assert claimed.status is ClaimStatus.ACQUIRED
+    finally:
+        await store.close()
+
+
+def _checkout(pool: redis.BlockingConnectionPool) -> Any:
+    """A connection from ``pool`` (redis-py 5 wants a command name)."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("GET")  # type: ignore[call-arg]
+
+
+def test_pool_checkout_is_bounded(own_server: Server) -> None:
+    """With every pooled connection busy on a stalled server, a caller waits for one no longer
+    than the timeout."""
+    store = RedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND, max_connections=1)
+    try:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        busy = _checkout(client.connection_pool)  # the only connection, held
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                store.get("s", "k")
+            assert BOUND * 0.8 <= _elapsed(started) < BOUND + 1.0
+        finally:
+            client.connection_pool.release(busy)
+        assert store.get("s", "k") is None
+    finally:
+        store.close()
+
+
+def test_no_listener_is_unavailable_at_once() -> None:
+    """A port nobody listens on is refused at once, not after the timeout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", timeout=30)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                store.get("s", "k")
+            assert _elapsed(started) < 5
+        finally:
+            store.close()
+
+
+def test_recovers_after_a_restart(own_server: Server) -> None:
+    """A server restarted under a store: the pooled connection fails once (it is never
+    resent), then the store reconnects."""
+    store = RedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    try:
+        store.get("s", "k")
+        own_server.stop()
+        own_server.start()
+
+        def serves() -> bool:
+            try:
+                return store.get("s", "k") is None
+            except StoreUnavailableError:
+                return False
+
+        wait_until("the store serves the restarted server", serves, 10)
     finally:
         store.close()
 

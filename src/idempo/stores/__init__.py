@@ -41,6 +41,8 @@ _SCHEMES: dict[str, tuple[str, str | None]] = {
     "sqlite": ("idempo.stores.sqlite", None),
     "redis": ("idempo.stores.redis", "redis"),
     "rediss": ("idempo.stores.redis", "redis"),
+    "redis+cluster": ("idempo.stores.redis", "redis"),
+    "rediss+cluster": ("idempo.stores.redis", "redis"),
     "postgresql": ("idempo.stores.postgres", "postgres"),
     "postgres": ("idempo.stores.postgres", "postgres"),
     "mysql": ("idempo.stores.mysql", "mysql"),

@@ -11,9 +11,13 @@ import hashlib
 from typing import Any
 
 from redis.exceptions import (
-    ClusterDownError,
+    AskError,
+    ClusterError,
+    MovedError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,6 +30,7 @@ from idempo.stores._rows import RECORD_FORMAT
 
 __all__ = [
     "CLAIM",
+    "CLIENT_ERRORS",
     "COMPLETE",
     "DELETE",
     "EXTEND",
@@ -217,14 +222,29 @@ return 0
 )
 
 # Errors meaning "the store cannot serve us now; nothing was done": retry later or elsewhere.
-# ReadOnlyError is a demoted primary after a failover; the cluster ones are resharding/failover.
+# ReadOnlyError is a demoted primary after a failover. The cluster ones are resharding, failover
+# and shards down: ClusterError covers ClusterDownError and MasterDownError and a command whose
+# redirections ran out; RedisClusterException (not a RedisError) covers SlotNotCoveredError and a
+# cluster the client cannot reach or map.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # also AuthenticationError, BusyLoadingError, MaxConnectionsError
     RedisTimeoutError,
     ReadOnlyError,
-    ClusterDownError,
+    ClusterError,
     TryAgainError,
+    RedisClusterException,
     OSError,
+    # "I/O operation on closed file": redis-py's sync cluster client, re-mapping the cluster
+    # after a node failed, closes connections that another thread's command is using.
+    ValueError,
+)
+
+#: What a redis-py client may raise: the store translates each of these at its boundary.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    ValueError,
 )
 
 # The scripts' status codes, as a client with decode_responses=False reads them.
@@ -238,14 +258,39 @@ class Script:
 
     def __init__(self, script: str) -> None:
         self.script = script
-        self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+        self.sha = self.digest()
+
+    def digest(self) -> str:
+        """The SHA1 the server files the script under once EVAL or SCRIPT LOAD gave it."""
+        return hashlib.sha1(self.script.encode(), usedforsecurity=False).hexdigest()
 
 
-def translated(exc: RedisError | OSError) -> StoreUnavailableError | StoreError:
-    """The idempo error for a Redis client error: the one place where they are told apart."""
+def translated(exc: Exception) -> StoreUnavailableError | StoreError:
+    """The idempo error for a Redis client error (one of CLIENT_ERRORS): the one place where
+    they are told apart."""
+    redirection = _redirection(exc)
+    if redirection is not None:
+        return StoreError(
+            f"Redis answered {redirection}: this is a cluster node: use redis+cluster:// "
+            "(or a RedisCluster client)"
+        )
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailableError(f"Redis is unavailable: {exc}")
     return StoreError(f"Redis refused an idempo command: {exc}")
+
+
+def _redirection(exc: Exception) -> str | None:
+    """The MOVED or ASK reply a plain client got from a cluster node (a cluster client follows
+    them), or None. redis-py 6 and later raise MovedError and AskError, whose message keeps the
+    slot and the address but drops the word that says what happened; redis-py 5 raises a bare
+    ResponseError."""
+    if isinstance(exc, MovedError):
+        return f"MOVED {exc}"
+    if isinstance(exc, AskError):
+        return f"ASK {exc}"
+    if isinstance(exc, ResponseError) and str(exc).startswith(("MOVED ", "ASK ")):
+        return str(exc)
+    return None
 
 
 def ms(seconds: float) -> int:

@@ -1,4 +1,5 @@
-"""The Redis store: ``redis://host:port/db`` and ``rediss://`` (TLS).
+"""The Redis store: ``redis://host:port/db`` and ``rediss://`` (TLS); on Redis Cluster
+``redis+cluster://host:port`` and ``rediss+cluster://`` (one seed node, the rest discovered).
 
 :class:`RedisStore` (sync, over ``redis.Redis``) and :class:`AsyncRedisStore` (over
 ``redis.asyncio.Redis``) keep one hash per record and run every operation as one Lua script on
@@ -30,6 +31,7 @@ __all__ = ["URL_OPTIONS", "AsyncRedisStore", "RedisStore", "open_async", "open_s
 URL_OPTIONS = UrlOptions(
     {
         "prefix": text,
+        "timeout": number,
         "wait_replicas": integer,
         "wait_timeout": number,
         "max_connections": integer,
@@ -42,7 +44,8 @@ URL_OPTIONS = UrlOptions(
 
 def open_sync(url: str, **options: Any) -> RedisStore:
     """A :class:`RedisStore` for ``url``; ``options`` go to :meth:`RedisStore.from_url`
-    (``prefix=``, ``wait_replicas=``, ``wait_timeout=``, and client options)."""
+    (``prefix=``, ``timeout=`` (default 5 s), ``wait_replicas=``, ``wait_timeout=``, and
+    client options)."""
     return RedisStore.from_url(url, **options)
 
 

@@ -23,6 +23,8 @@ injective: ``("a:b", "c")`` and ``("a", "b:c")`` cannot collide)::
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -33,6 +35,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import StoreError
+from idempo.stores import _redis_connect as connect
 from idempo.stores import _redis_lua as lua
 from idempo.stores import _redis_scan as rscan
 from idempo.stores import _scan
@@ -45,8 +48,14 @@ class AsyncRedisStore:
     """An idempotency store in Redis (5 or later), for a ``redis.asyncio`` client.
 
     ``client`` must keep ``decode_responses=False`` (outcomes are bytes). On Redis Cluster pass a
-    ``RedisCluster`` client: each operation touches one key, so it runs on one shard. Keep hash
-    tags (``{...}``) out of ``prefix``, or every record lands on the same shard.
+    ``RedisCluster`` client (or open ``redis+cluster://``): each operation touches one key, so it
+    runs on one shard. Keep hash tags (``{...}``) out of ``prefix``, or every record lands on the
+    same shard.
+
+    Every error the client raises, the cluster ones included, is translated here:
+    :class:`~idempo.errors.StoreUnavailableError` when the store cannot serve now (down, stalled,
+    failing over, a shard's slots uncovered), :class:`~idempo.errors.StoreError` otherwise (a
+    ``redis://`` URL pointed at a cluster node says so).
 
     Durability: Redis replicates asynchronously, so a primary that fails over right after
     acknowledging a write can lose it, and a completed record may vanish: the operation would
@@ -60,8 +69,10 @@ class AsyncRedisStore:
 
     A reply lost after a script ran (timeout, dropped connection) surfaces as
     :class:`~idempo.errors.StoreUnavailableError` although the write happened; a later claim then
-    sees the record as it is. redis-py retries such commands by default (``retry=``); a retried
-    claim or complete may therefore answer IN_PROGRESS or LeaseLostError for a write of its own.
+    sees the record as it is. A client passed in keeps its own timeouts and retries; redis-py
+    retries such commands by default (``retry=``), and a retried claim or complete may then
+    answer IN_PROGRESS or LeaseLostError for a write of its own. Clients from from_url never
+    resend.
     """
 
     def __init__(
@@ -76,15 +87,21 @@ class AsyncRedisStore:
             raise ValueError(
                 "the Redis client must use decode_responses=False (outcomes are bytes)"
             )
-        if wait_replicas < 0 or wait_timeout <= 0:
-            raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0 (WAIT 0 blocks)")
         if wait_replicas and isinstance(client, RedisCluster):
             raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
-        self.client = client
+        self._setup(prefix, wait_replicas, wait_timeout)
+        self._client: Redis | RedisCluster | None = client
+
+    def _setup(self, prefix: str, wait_replicas: int, wait_timeout: float) -> None:
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0 (WAIT 0 blocks)")
         self.prefix = prefix
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._owns_client = False
+        self._connect: Callable[[], Redis | RedisCluster] | None = None
+        self._connecting = threading.Lock()
+        self._gate = connect.async_gate(None, 0)
         self._claim = lua.Script(lua.CLAIM)
         self._complete = lua.Script(lua.COMPLETE)
         self._extend = lua.Script(lua.EXTEND)
@@ -100,33 +117,76 @@ class AsyncRedisStore:
         prefix: str = "idempo:",
         wait_replicas: int = 0,
         wait_timeout: float = 0.1,
+        timeout: float = connect.DEFAULT_TIMEOUT,
         **client_options: Any,
     ) -> AsyncRedisStore:
-        """A store over a new client for ``url`` (``redis://``, ``rediss://``), closed by close().
+        """A store over a new client for ``url``, closed by close(): ``redis://``, ``rediss://``,
+        or ``redis+cluster://host:port`` and ``rediss+cluster://`` (a Redis Cluster: one seed
+        node, the rest discovered).
 
-        ``client_options`` go to the connection pool (``socket_timeout=``, ``max_connections=``
-        (default 50), ``pool_timeout=`` (seconds to wait for a free connection, default 5)).
+        ``timeout`` (seconds, default 5) bounds each step of an operation: connecting, each
+        reply, and the wait for a free pooled connection, so a stalled server gives
+        StoreUnavailableError instead of a hang. ``client_options`` go to redis-py
+        (``socket_timeout=`` and ``socket_connect_timeout=`` to set one step alone,
+        ``max_connections=`` (default 50, per node on a cluster), ``pool_timeout=`` (the wait
+        for a connection; default ``timeout``)).
+
+        Nothing connects before the first operation, so a server down at start gives
+        StoreUnavailableError then, and the store works as soon as the server is back.
         """
-        if client_options.pop("decode_responses", False):
-            raise ValueError(
-                "the Redis client must use decode_responses=False (outcomes are bytes)"
-            )
-        # A blocking pool: under a burst, callers wait for a connection (up to pool_timeout)
-        # instead of failing with "Too many connections".
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=client_options.pop("max_connections", 50),
-            timeout=client_options.pop("pool_timeout", 5.0),
-            decode_responses=False,
+        options = connect.client_options(timeout, client_options)
+        max_connections = options.pop("max_connections", connect.DEFAULT_MAX_CONNECTIONS)
+        pool_timeout = options.pop("pool_timeout", timeout)
+        seed = connect.cluster_seed(url)
+        if seed is not None:
+            if wait_replicas:
+                raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
+            connect.check_cluster_options(options)
+
+            def cluster() -> RedisCluster:
+                return connect.async_cluster(seed, max_connections, pool_timeout, options)
+
+            store = cls.__new__(cls)
+            store._setup(prefix, wait_replicas, wait_timeout)
+            store._client = None
+            # The sync RedisCluster maps the cluster as it is built: building it at the first
+            # operation keeps opening a store free of I/O, and its failure a translated one.
+            store._connect = cluster
+            store._gate = connect.async_gate(max_connections, pool_timeout)
+        else:
+            # A blocking pool: under a burst, callers wait for a connection (up to
+            # pool_timeout) instead of failing with "Too many connections".
             # No silent client-side retries: a script resent after a timeout may already have
             # run (a claim would then find its own lease "in progress"). The caller sees
             # StoreUnavailableError and retries the whole operation with the same key.
-            **{"retry": Retry(NoBackoff(), 0), **client_options},
-        )
-        client = Redis.from_pool(pool)  # the client owns the pool: close() disconnects it
-        store = cls(client, prefix=prefix, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
+            blocking = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=pool_timeout,
+                decode_responses=False,
+                **{"retry": Retry(NoBackoff(), 0), **options},
+            )
+            # the client owns the pool: close() disconnects it
+            store = cls(
+                Redis.from_pool(blocking),
+                prefix=prefix,
+                wait_replicas=wait_replicas,
+                wait_timeout=wait_timeout,
+            )
         store._owns_client = True
         return store
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client (for a cluster URL, built at the first operation)."""
+        client = self._client
+        if client is None:
+            with self._connecting:
+                if self._client is None:
+                    assert self._connect is not None
+                    self._client = self._connect()
+                client = self._client
+        return client
 
     def redis_key(self, scope: str, key: str) -> str:
         """The Redis key holding (scope, key): the scope's length makes it unambiguous."""
@@ -135,15 +195,21 @@ class AsyncRedisStore:
     async def _eval(self, script: lua.Script, scope: str, key: str, *args: Any) -> Any:
         """One EVALSHA (straight to the client: redis-py's Script wrapper costs more than it
         does here). If the server lost the script (restart, failover, SCRIPT FLUSH), the refused
-        EVALSHA ran nothing: load the script and send it once more."""
+        EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
         try:
-            try:
-                return await self.client.evalsha(script.sha, 1, redis_key, *args)
-            except NoScriptError:
-                script.sha = await self.client.script_load(script.script)
-                return await self.client.evalsha(script.sha, 1, redis_key, *args)
-        except (RedisError, OSError) as exc:
+            async with self._gate:
+                client = self.client
+                await connect.async_ready(client)
+                try:
+                    return await client.evalsha(script.sha, 1, redis_key, *args)
+                except NoScriptError:
+                    # EVAL goes where the key lives, as EVALSHA did, and leaves the script
+                    # cached on that node under its SHA1; SCRIPT LOAD would go to every primary
+                    # of a cluster, and fail while any of them is down.
+                    script.sha = script.digest()
+                    return await client.eval(script.script, 1, redis_key, *args)
+        except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
 
     async def claim(
@@ -191,11 +257,12 @@ class AsyncRedisStore:
     async def _complete_and_wait(self, redis_key: str, args: tuple[Any, ...]) -> tuple[Any, int]:
         """EVALSHA and WAIT pipelined on one connection: WAIT counts the writes of the connection
         it runs on, so a WAIT sent on another pooled connection would confirm nothing."""
-        assert isinstance(self.client, Redis)
+        client = self.client
+        assert isinstance(client, Redis)
         timeout = max(1, lua.ms(self.wait_timeout))
         try:
             for _ in range(2):
-                async with self.client.pipeline(transaction=False) as pipe:
+                async with client.pipeline(transaction=False) as pipe:
                     pipe.evalsha(self._complete.sha, 1, redis_key, *args)
                     pipe.wait(self.wait_replicas, timeout)
                     status, acked = await pipe.execute(raise_on_error=False)
@@ -203,11 +270,11 @@ class AsyncRedisStore:
                     break
                 # The server lost its script cache (restart, failover, SCRIPT FLUSH): the
                 # refused EVALSHA ran nothing, so load the script and send both again.
-                self._complete.sha = await self.client.script_load(self._complete.script)
+                self._complete.sha = await client.script_load(self._complete.script)
             for result in (status, acked):
                 if isinstance(result, Exception):
                     raise result
-        except (RedisError, OSError) as exc:
+        except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
         return status, int(acked)
 
@@ -311,7 +378,7 @@ class AsyncRedisStore:
                 if isinstance(time_reply, RedisError):
                     raise time_reply
                 now = rscan.clock(time_reply)
-        except (RedisError, OSError) as exc:
+        except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
         keys = [k if isinstance(k, bytes) else k.encode() for k in redis_keys]
         return following, now, keys, replies
@@ -322,5 +389,5 @@ class AsyncRedisStore:
     async def close(self) -> None:
         """Close the client if this store created it (from_url); a client passed in is the
         caller's to close."""
-        if self._owns_client:
-            await self.client.aclose()
+        if self._owns_client and self._client is not None:
+            await connect.async_close(self._client)
