@@ -55,12 +55,17 @@ def match(prefix: str, scope: str | None) -> str:
     return _GLOB.sub(r"\\\1", head) + "*"
 
 
+class BadCursor(ValueError):
+    """A page cursor this store did not give: the caller's mistake, never an outage (the
+    store's boundary translates a client's ValueError as unavailable; not this one)."""
+
+
 def position(cursor: str | None) -> int:
     """The Redis SCAN cursor a page cursor carries (0: from the start)."""
     if cursor is None:
         return 0
     if not cursor.isdigit():
-        raise ValueError(f"not a cursor this store gave: {cursor!r}")
+        raise BadCursor(f"not a cursor this store gave: {cursor!r}")
     return int(cursor)
 
 
@@ -71,7 +76,7 @@ def cluster_position(cursor: str | None, primaries: int) -> tuple[int, int]:
         return 0, 0
     index, sep, at = cursor.partition("-")
     if not sep or not index.isdigit() or not at.isdigit() or int(index) >= primaries:
-        raise ValueError(f"not a cursor this store gave (or the cluster changed): {cursor!r}")
+        raise BadCursor(f"not a cursor this store gave (or the cluster changed): {cursor!r}")
     return int(index), int(at)
 
 

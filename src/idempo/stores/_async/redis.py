@@ -378,6 +378,8 @@ class AsyncRedisStore:
                 if isinstance(time_reply, RedisError):
                     raise time_reply
                 now = rscan.clock(time_reply)
+        except rscan.BadCursor:
+            raise
         except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
         keys = [k if isinstance(k, bytes) else k.encode() for k in redis_keys]
