@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from idempo import open_async_store, open_store
+from idempo import Idempotency, open_async_store, open_store
 from idempo.stores.base import AsyncStore, Store
 
 REDIS_URL = os.environ.get("IDEMPO_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -115,6 +115,33 @@ def cleanup(kind: str, options: dict[str, Any]) -> None:
                 cur.execute(f"DROP PROCEDURE IF EXISTS `{table}_{suffix}`")
         finally:
             mconn.close()
+
+
+@contextlib.contextmanager
+def sync_idempotency_on(kind: str, tmp_path: Path, **options: Any) -> Iterator[Idempotency]:
+    """An Idempotency on an isolated store of ``kind`` (ttl 60 s, lease 5 s unless given),
+    closed and cleaned up afterwards."""
+    url, store_options = store_url(kind, tmp_path)
+    idem = Idempotency(url, store_options=store_options, **{"ttl": 60, "lease": 5, **options})
+    try:
+        yield idem
+    finally:
+        idem.close()
+        cleanup(kind, store_options)
+
+
+@contextlib.asynccontextmanager
+async def async_idempotency_on(
+    kind: str, tmp_path: Path, **options: Any
+) -> AsyncIterator[Idempotency]:
+    """:func:`sync_idempotency_on` for async code (closed with ``aclose``)."""
+    url, store_options = store_url(kind, tmp_path)
+    idem = Idempotency(url, store_options=store_options, **{"ttl": 60, "lease": 5, **options})
+    try:
+        yield idem
+    finally:
+        await idem.aclose()
+        cleanup(kind, store_options)
 
 
 @contextlib.contextmanager

@@ -23,25 +23,23 @@ from idempo.errors import (
     SerializationError,
 )
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
-from tests.conftest import STORE_KINDS, cleanup, store_url
+from tests.conftest import (
+    STORE_KINDS,
+    async_idempotency_on,
+    sync_idempotency_on,
+)
 
 
 @pytest.fixture(params=STORE_KINDS)
 def idem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    idem.close()
-    cleanup(request.param, options)
+    with sync_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 @pytest.fixture(params=STORE_KINDS)
 async def aidem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    await idem.aclose()
-    cleanup(request.param, options)
+    async with async_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 class Counter:

@@ -26,7 +26,7 @@ from idempo.serializers import (
     TypedSerializer,
     serializer_for,
 )
-from tests.conftest import cleanup, store_url
+from tests.conftest import async_idempotency_on, sync_idempotency_on
 
 KINDS = [
     pytest.param("memory", marks=pytest.mark.memory),
@@ -97,20 +97,14 @@ MAKERS: dict[str, tuple[type, Callable[[str], Any]]] = {
 
 @pytest.fixture(params=KINDS)
 def idem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    idem.close()
-    cleanup(request.param, options)
+    with sync_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 @pytest.fixture(params=KINDS)
 async def aidem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    await idem.aclose()
-    cleanup(request.param, options)
+    async with async_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 # Field types JSON cannot hold; at module level, where get_type_hints resolves them.

@@ -14,16 +14,16 @@ from idempo import Idempotency
 from idempo._primitives import async_gather, async_sleep
 from idempo.errors import InProgressError
 from tests._primitives import AsyncEvent
-from tests.conftest import STORE_KINDS, cleanup, store_url
+from tests.conftest import (
+    STORE_KINDS,
+    async_idempotency_on,
+)
 
 
 @pytest.fixture(params=STORE_KINDS)
 async def idem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    await idem.aclose()
-    cleanup(request.param, options)
+    async with async_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 class Counter:

@@ -15,16 +15,16 @@ from idempo import Idempotency
 from idempo._primitives import sync_gather, sync_sleep
 from idempo.errors import InProgressError
 from tests._primitives import Event
-from tests.conftest import STORE_KINDS, cleanup, store_url
+from tests.conftest import (
+    STORE_KINDS,
+    sync_idempotency_on,
+)
 
 
 @pytest.fixture(params=STORE_KINDS)
 def idem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Idempotency]:
-    url, options = store_url(request.param, tmp_path)
-    idem = Idempotency(url, store_options=options, ttl=60, lease=5)
-    yield idem
-    idem.close()
-    cleanup(request.param, options)
+    with sync_idempotency_on(request.param, tmp_path) as idem:
+        yield idem
 
 
 class Counter:
