@@ -333,6 +333,21 @@ def test_cluster_operations_are_bounded_and_never_resent(cluster: Cluster) -> No
         RedisStore.from_url(cluster.url(), retry=None)
 
 
+def test_a_cursor_from_another_topology_is_refused(cluster: Cluster, prefix: str) -> None:
+    """A cluster scan cursor naming a primary the cluster no longer has (or no cluster cursor
+    at all) is the caller's ValueError, never an outage. A store over a RedisCluster client
+    the caller built takes the cluster path too."""
+    store = RedisStore(RedisCluster.from_url(cluster.url("redis")), prefix=prefix)
+    try:
+        with pytest.raises(ValueError, match="cluster changed"):
+            store.scan(cursor="99-0")
+        with pytest.raises(ValueError, match="cursor"):
+            store.scan(cursor="12")
+        assert not store.scan(limit=5).records  # an empty prefix: nothing, and no error
+    finally:
+        store.client.close()
+
+
 def test_cluster_url_options_are_checked() -> None:
     """A cluster has one database (0); WAIT is for a plain client; nothing connects at open."""
     with pytest.raises(ValueError, match="one database"):
