@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from idempo.core.records import Record, State
-from idempo.errors import StoreUnavailableError
 from idempo.stores import _scan
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
@@ -27,40 +26,20 @@ __all__ = ["URL_OPTIONS", "AsyncMemoryStore", "MemoryStore", "open_async", "open
 URL_OPTIONS = UrlOptions({"timeout": number})
 
 
-class _TimedLock:
-    """A lock whose ``with`` gives up after ``timeout`` seconds. A class, not a generator
-    context manager: it is entered on every operation of the fastest store."""
-
-    __slots__ = ("_lock", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self._lock = threading.Lock()
-        self.timeout = timeout
-
-    def __enter__(self) -> bool:
-        if not self._lock.acquire(timeout=self.timeout):
-            raise StoreUnavailableError(
-                f"the memory store stayed locked longer than timeout={self.timeout:g}s"
-            )
-        return True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._lock.release()
-
-
 class MemoryStore(TransitionalStore[bool]):
     """A :class:`~idempo.stores.base.Store` in a dict. ``clock`` returns epoch seconds.
 
-    ``timeout`` (seconds, default 5), as on every store, bounds the wait for the store's lock:
-    it is held for microseconds, so only a thread stuck inside an operation (a debugger, a
-    clock that blocks) makes another give up with StoreUnavailableError.
+    ``timeout`` (seconds, default 5) is accepted, as on every store, and bounds nothing: no
+    operation waits on I/O, and the one lock is held for microseconds. A plain lock (a C-level
+    ``with``) rather than a timed one, since this runs on every operation of the fastest store.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time, timeout: float = 5.0) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
         self._records: dict[tuple[str, str], Record] = {}
-        self._lock = _TimedLock(float(timeout))
+        self._lock = threading.Lock()
+        self._timeout = float(timeout)
         self._clock = clock
         # scan's (scope, key) order: sorted by the first scan after a key came or went, so a
         # page is a bisect (the sort is O(n log n): this store is for tests and small programs).
