@@ -224,7 +224,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _ready_worker(g: Gateway) -> int:
-    return int(first_line(g.proc, "idempo gateway: worker ").split()[3])
+    # A worker imports the app and opens its store as it starts: slow on a loaded machine.
+    return int(first_line(g.proc, "idempo gateway: worker ", timeout=60).split()[3])
 
 
 def test_a_killed_worker_is_replaced(node: Upstream, tmp_path: Path) -> None:

@@ -8,18 +8,12 @@ import asyncio
 import io
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from idempo.asgi import IdempotencyMiddleware as AsgiMiddleware
 from idempo.stores.memory import AsyncMemoryStore, MemoryStore
 from idempo.wsgi import IdempotencyMiddleware as WsgiMiddleware
-
-# Hypothesis warns when the global `random` state changes while it draws. Our strategies never
-# touch it, but threads other tests left behind may (psycopg_pool's reconnection jitter): that
-# warning is about them, not about this fuzz, so it must not turn into a flaky failure here.
-pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 
 EXAMPLES = settings(
     max_examples=500,
