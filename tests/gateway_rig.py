@@ -134,12 +134,15 @@ def gateway(
         "--config", write_config(tmp_path / name, text),
         *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    # A session of its own: its workers can be reaped with it even if the supervisor died first.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = first_line(proc, "idempo gateway: listening on ")
         words = line.split()
         yield Gateway(words[4], words[6].rstrip(")"), proc)
     finally:
         stop_process(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker its supervisor left behind
         assert proc.stdout is not None
         proc.stdout.close()
