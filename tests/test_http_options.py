@@ -35,6 +35,7 @@ ALL_OPTIONS: dict[str, Any] = {
     "problem_type_base": "https://api.example/problems/",
     "hooks": Hooks(),
     "store_options": {},
+    "replay_cache": 5.0,
 }
 
 

@@ -50,6 +50,7 @@ class IdempotencyMiddleware:
             else store
         )
         self.front = AsyncHttpFront(self.store, options)
+        self.store = self.front.store  # its cached view when replay_cache is on
         self.config = self.front.config
         self.policy = self.front.policy
         self._header = self.config.header.lower().encode("latin-1")

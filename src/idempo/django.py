@@ -114,6 +114,7 @@ class IdempotencyMiddleware:
                 store = shared_store(store, options.get("store_options") or {})
             self.store: Store = store
             self.front = HttpFront(self.store, cast(HttpOptions, options))
+            self.store = self.front.store  # its cached view when replay_cache is on
         except (TypeError, ValueError, ImportError) as exc:
             raise ImproperlyConfigured(f"settings.IDEMPO: {exc}") from exc
         self.config = self.front.config

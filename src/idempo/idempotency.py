@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
+from idempo._async.cached import AsyncCachedStore
 from idempo._async.engine import AsyncEngine
 from idempo._async.phases import AsyncPhase, AsyncPhasedOperation
 from idempo._async.transaction import AsyncTransaction
+from idempo._sync.cached import CachedStore
 from idempo._sync.engine import Engine
 from idempo._sync.phases import Phase, PhasedOperation
 from idempo._sync.transaction import Transaction
@@ -31,6 +33,7 @@ from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
+from idempo.core.replay_cache import ReplayCache, replay_cache_of
 from idempo.observe import Hooks, Observer, store_kind
 from idempo.stores import open_pair
 from idempo.stores.base import AsyncStore, Store
@@ -61,6 +64,10 @@ class Idempotency:
     kept (JSON by default). ``max_outcome_bytes``: larger results are returned once but not
     kept; a retry then raises :class:`~idempo.errors.OutcomeNotStoredError`. ``hooks``:
     callbacks for replays, conflicts, takeovers, ... (:class:`~idempo.observe.Hooks`).
+    ``replay_cache``: off by default; seconds (or a :class:`~idempo.core.replay_cache.ReplayCache`)
+    for which this process answers a retry of a completed key from memory, with no round trip.
+    A delete through ``idem.store`` / ``idem.async_store`` is seen at once; one made elsewhere
+    (another process, ``idempo keys delete``) within that many seconds.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class Idempotency:
         heartbeat: bool = True,
         store_options: dict[str, Any] | None = None,
         hooks: Hooks | None = None,
+        replay_cache: float | ReplayCache | None = None,
     ) -> None:
         self.policy = Policy(
             heartbeat=heartbeat,
@@ -88,6 +96,9 @@ class Idempotency:
         self._sync_store: Store | None = None
         self._async_store: AsyncStore | None = None
         self._store_options = store_options or {}
+        self.replay_cache = replay_cache_of(replay_cache)
+        self._sync_view: CachedStore | None = None
+        self._async_view: AsyncCachedStore | None = None
         self._lock = threading.RLock()
         self.hooks = hooks
         self._engine: Engine | None = None
@@ -111,7 +122,14 @@ class Idempotency:
         if self._sync_store is None:
             self._open_pair("an async store; it cannot serve a plain def", "open_store()")
         assert self._sync_store is not None
-        return self._sync_store
+        if self.replay_cache is None:
+            return self._sync_store
+        # The cached view (built once per opened store), so that deletes through it are seen
+        # by the cache at once.
+        view = self._sync_view
+        if view is None or view.wrapped is not self._sync_store:
+            view = self._sync_view = CachedStore(self._sync_store, self.replay_cache)
+        return view
 
     @property
     def async_store(self) -> AsyncStore:
@@ -119,7 +137,12 @@ class Idempotency:
         if self._async_store is None:
             self._open_pair("a sync store; it cannot serve an async def", "open_async_store()")
         assert self._async_store is not None
-        return self._async_store
+        if self.replay_cache is None:
+            return self._async_store
+        view = self._async_view
+        if view is None or view.wrapped is not self._async_store:
+            view = self._async_view = AsyncCachedStore(self._async_store, self.replay_cache)
+        return view
 
     def _open_pair(self, given: str, opener: str) -> None:
         # Both kinds at once (neither connects before its first use): for memory:// and

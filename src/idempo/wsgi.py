@@ -59,6 +59,7 @@ class IdempotencyMiddleware:
             else store
         )
         self.front = HttpFront(self.store, options)
+        self.store = self.front.store  # its cached view when replay_cache is on
         self.config = self.front.config
         self.policy = self.front.policy
         self._environ_key = "HTTP_" + self.config.header.upper().replace("-", "_")

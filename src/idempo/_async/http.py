@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from idempo._async.cached import AsyncCachedStore
 from idempo._async.engine import AsyncEngine, AsyncHeld
 from idempo.core.decide import Reject, Replay
 from idempo.core.http import (
@@ -50,6 +51,7 @@ from idempo.core.http import (
 )
 from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
+from idempo.core.replay_cache import replay_cache_of
 from idempo.errors import (
     IdempoError,
     MissingKeyError,
@@ -137,7 +139,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class AsyncHttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "policy", "scope_fn", "store")
 
     def __init__(self, store: AsyncStore, options: HttpOptions) -> None:
         check_options(options)
@@ -154,7 +156,12 @@ class AsyncHttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.engine = AsyncEngine(store, Observer("http", store_kind(store), options.get("hooks")))
+        observer = Observer("http", store_kind(store), options.get("hooks"))
+        cache = replay_cache_of(options.get("replay_cache"))
+        #: The store requests go to: ``store`` itself, or its cached view (``replay_cache``),
+        #: through which a delete is seen by the cache at once.
+        self.store: AsyncStore = store if cache is None else AsyncCachedStore(store, cache)
+        self.engine = AsyncEngine(self.store, observer)
 
     async def admit(self, request: AsyncRequest) -> Pass | Respond | Drop | AsyncRecorder:
         """What to do with ``request``. An AsyncRecorder means: run the app with its

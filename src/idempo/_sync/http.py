@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from idempo._sync.cached import CachedStore
 from idempo._sync.engine import Engine, Held
 from idempo.core.decide import Reject, Replay
 from idempo.core.http import (
@@ -51,6 +52,7 @@ from idempo.core.http import (
 )
 from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
+from idempo.core.replay_cache import replay_cache_of
 from idempo.errors import (
     IdempoError,
     MissingKeyError,
@@ -138,7 +140,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class HttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "policy", "scope_fn")
+    __slots__ = ("config", "engine", "policy", "scope_fn", "store")
 
     def __init__(self, store: Store, options: HttpOptions) -> None:
         check_options(options)
@@ -155,7 +157,12 @@ class HttpFront:
         if isinstance(cookies, str):
             raise TypeError("session_cookies is a list of cookie names, not a str")
         self.scope_fn = scope or default_scope(cookies)
-        self.engine = Engine(store, Observer("http", store_kind(store), options.get("hooks")))
+        observer = Observer("http", store_kind(store), options.get("hooks"))
+        cache = replay_cache_of(options.get("replay_cache"))
+        #: The store requests go to: ``store`` itself, or its cached view (``replay_cache``),
+        #: through which a delete is seen by the cache at once.
+        self.store: Store = store if cache is None else CachedStore(store, cache)
+        self.engine = Engine(self.store, observer)
 
     def admit(self, request: Request) -> Pass | Respond | Drop | Recorder:
         """What to do with ``request``. An Recorder means: run the app with its

@@ -1,0 +1,79 @@
+# DO NOT EDIT: generated from src/idempo/_async/cached.py by scripts/unasync.py
+"""A store whose completed answers are kept in a :class:`~idempo.core.replay_cache.ReplayCache`.
+
+A claim the cache can answer (a live completed record under the same fingerprint) costs no
+round trip; every other call goes to the store, and a COMPLETED answer from it is kept. A delete
+through this wrapper is seen at once. ``_sync/cached.py`` is generated from ``_async/cached.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idempo.core.records import ClaimResult, ClaimStatus
+from idempo.core.replay_cache import ReplayCache
+from idempo.stores.base import Store
+
+__all__ = ["CachedStore"]
+
+
+class CachedStore:
+    """``store``, with claims of completed keys answered from ``cache`` when it can; every
+    other attribute is the store's own."""
+
+    __slots__ = ("_store", "cache")
+
+    def __init__(self, store: Store, cache: ReplayCache) -> None:
+        self._store = store
+        self.cache = cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._store!r}, {self.cache!r})"
+
+    @property
+    def wrapped(self) -> Store:
+        """The store behind the cache."""
+        return self._store
+
+    def claim(
+        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
+    ) -> ClaimResult:
+        kept = self.cache.lookup(scope, key, fingerprint)
+        if kept is not None:
+            return kept
+        result = self._store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
+        if result.status is ClaimStatus.COMPLETED:
+            self.cache.keep(result)
+        return result
+
+    def complete(
+        self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
+    ) -> None:
+        return self._store.complete(scope, key, token, outcome, ttl=ttl)
+
+    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
+        return self._store.extend(scope, key, token, lease=lease)
+
+    def set_recovery_point(
+        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
+    ) -> float:
+        return self._store.set_recovery_point(
+            scope, key, token, recovery_point, lease=lease
+        )
+
+    def release(self, scope: str, key: str, token: str) -> bool:
+        return self._store.release(scope, key, token)
+
+    def delete(self, scope: str, key: str) -> bool:
+        # Forgotten first and after: a claim racing the delete may have kept the old answer.
+        self.cache.forget(scope, key)
+        try:
+            return self._store.delete(scope, key)
+        finally:
+            self.cache.forget(scope, key)
+
+    def purge_expired(self, limit: int = 1000) -> int:
+        return self._store.purge_expired(limit)
