@@ -58,7 +58,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import bench_http  # noqa: E402  (the wrk runner and the CPU accounting are shared)
-from peers.registry import ADAPTERS, load  # noqa: E402
+from peers.registry import ADAPTERS, CACHED, load  # noqa: E402
 
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
@@ -828,7 +828,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             if "new key sessions" in t:
                 trips += f" (sessions {t['new key sessions']:.2f} / {t['replay sessions']:.2f})"
             md.append(
-                f"| {'**idempo**' if lib == 'idempo' else lib} | {label} | "
+                f"| {f'**{lib}**' if lib.startswith('idempo') else lib} | {label} | "
                 + " | ".join(cols)
                 + f" | {trips} |"
             )
@@ -846,15 +846,17 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             "round trips.",
         ]
     # call-outs: idempo against each peer measured in the same group
+    cached_behind: list[str] = []
     for (lib, g, col), vs in values.items():
-        if lib == "idempo":
+        if lib.startswith("idempo"):
             continue
-        mine = values.get(("idempo", g, col))
-        if mine and statistics.median(vs) < statistics.median(mine):
-            behind.append(
-                f"function {GROUPS[g].split(' (')[0]}, {col}: idempo "
-                f"{statistics.median(mine):.2f}x, {lib} {statistics.median(vs):.2f}x"
-            )
+        for ours, into in (("idempo", behind), (CACHED, cached_behind)):
+            mine = values.get((ours, g, col))
+            if mine and statistics.median(vs) < statistics.median(mine):
+                into.append(
+                    f"function {GROUPS[g].split(' (')[0]}, {col}: {ours} "
+                    f"{statistics.median(mine):.2f}x, {lib} {statistics.median(vs):.2f}x"
+                )
 
     md += [
         "",
@@ -895,9 +897,11 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
                 t = cells[0]["trips"]
                 trips = f"{t['new key']:.2f} / {t['replay']:.2f}"
         md.append(
-            f"| {'**idempo**' if lib == 'idempo' else lib} | " + " | ".join(cols) + f" | {trips} |"
+            f"| {f'**{lib}**' if lib.startswith('idempo') else lib} | "
+            + " | ".join(cols)
+            + f" | {trips} |"
         )
-    for lib in ADAPTERS:
+    for lib in ADAPTERS if http_libs else []:
         if lib not in http_libs:
             mod = load(lib)
             why = mod if isinstance(mod, str) else "no HTTP middleware"
@@ -915,18 +919,23 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             + ".",
         ]
     for (lib, store, w), vs in hvalues.items():
-        if lib == "idempo":
+        if lib.startswith("idempo"):
             continue
-        mine = hvalues.get(("idempo", store, w))
-        if mine and statistics.median(vs) > statistics.median(mine):
-            behind.append(
-                f"HTTP {store}, {w}: idempo {statistics.median(mine):.2f}, "
-                f"{lib} {statistics.median(vs):.2f}"
-            )
+        for ours, into in (("idempo", behind), (CACHED, cached_behind)):
+            mine = hvalues.get((ours, store, w))
+            if mine and statistics.median(vs) > statistics.median(mine):
+                into.append(
+                    f"HTTP {store}, {w}: {ours} {statistics.median(mine):.2f}, "
+                    f"{lib} {statistics.median(vs):.2f}"
+                )
 
-    md += ["", "**Where idempo is behind a peer** (medians over the runs):", ""]
+    md += ["", "**Where idempo (defaults) is behind a peer** (medians over the runs):", ""]
     behind.sort()
     md += [f"- {b}" for b in behind] or ["- nowhere"]
+    if any(k[0] == CACHED for k in (*values, *hvalues)):
+        md += ["", f"**Where {CACHED} is behind a peer:**", ""]
+        cached_behind.sort()
+        md += [f"- {b}" for b in cached_behind] or ["- nowhere"]
 
     def target(label: str, vs: list[float] | None, ok: Callable[[float], bool], fmt: str) -> str:
         if not vs:
@@ -1017,6 +1026,26 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             "{:.2f}",
         ),
     ]
+    for label, key, ok, fmt in (
+        ("Redis function replay ≤ 1.3x (sync)", ("redis sync", "replay"), 1.3, "{:.2f}x"),
+        ("Redis function replay ≤ 1.3x (async)", ("redis async", "replay"), 1.3, "{:.2f}x"),
+        ("PostgreSQL function replay ≤ 1.5x", ("postgres sync", "replay"), 1.5, "{:.2f}x"),
+    ):
+        targets.append(
+            target(f"{label}, {CACHED}", values.get((CACHED, *key)), lambda m, o=ok: m <= o, fmt)
+        )
+    for label, key, floor in (
+        ("HTTP memory replays ≥ 1.0", ("memory", "replay"), 1.0),
+        ("HTTP Redis replays ≥ 0.80", ("redis", "replay"), 0.80),
+    ):
+        targets.append(
+            target(
+                f"{label}, {CACHED}",
+                hvalues.get((CACHED, *key)),
+                lambda m, f=floor: m >= f,
+                "{:.2f}",
+            )
+        )
     md += [t for t in targets if not t.endswith(": not measured")]
     md.append(
         f"- Ahead of every peer in every cell: **{'met' if not behind else 'missed'}** "

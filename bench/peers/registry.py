@@ -5,8 +5,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+#: idempo with its opt-in replay cache: shown beside idempo's defaults, never counted as a peer.
+CACHED = "idempo, replay_cache=2"
+
 ADAPTERS = {
     "idempo": "idempo_adapter",
+    CACHED: "idempo_cached_adapter",
     "aws-lambda-powertools": "powertools",
     "asgi-idempotency-header": "asgi_idempotency_header",
     "fastapi-idempotency-key": "fastapi_idempotency_key",
