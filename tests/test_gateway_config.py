@@ -22,6 +22,7 @@ methods = ["post", "PATCH"]
 ttl = 3600
 lease = 10.5
 wait = 2
+replay_cache = 1.5
 host = "client"
 
 [store_options]
@@ -64,6 +65,7 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
     assert config.methods == ("POST", "PATCH")
     assert (config.ttl, config.lease, config.wait, config.host) == (3600, 10.5, 2, "client")
     assert config.store_options == {"prefix": "gw:"}
+    assert config.replay_cache == 1.5
     assert (config.scope_headers, config.scope_cookies) == (("x-tenant",), ("sid",))
     assert (config.limits.max_request_bytes, config.limits.max_header_bytes) == (1000, 2000)
     assert config.limits.max_stored_bytes == 1 << 20  # unset: the default
@@ -83,6 +85,7 @@ def test_options_reach_the_middleware(tmp_path: Path) -> None:
     assert routes[1].enabled is False
     assert (options["ttl"], options["lease"], options["wait"]) == (3600, 10.5, 2)
     assert options["max_request_bytes"] == 1000
+    assert options["replay_cache"] == 1.5
 
 
 def test_scope_from_the_configured_header_and_cookie() -> None:
@@ -105,6 +108,7 @@ def test_scope_from_the_configured_header_and_cookie() -> None:
         ("workers = 0\n", ":1: workers: must be at least 1"),
         ('\n\nttl = "long"\n', ":3: ttl: expected an integer or a number, got str"),
         ("lease = -1\n", ":1: lease: must not be negative"),
+        ("replay_cache = -1\n", ":1: replay_cache: must not be negative"),
         ("wrokers = 2\n", ":1: wrokers: unknown key"),
         ('methods = ["POST", "FETCH"]\n', ":1: methods: unknown method(s) FETCH"),
         ('host = "proxy"\n', ':1: host: expected "upstream" or "client"'),

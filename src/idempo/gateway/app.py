@@ -70,6 +70,7 @@ def http_options(config: GatewayConfig) -> HttpOptions:
         lease=config.lease,
         wait=config.wait,
         keep_server_errors=config.keep_server_errors,
+        replay_cache=config.replay_cache or None,
         max_request_bytes=config.limits.max_request_bytes,
         max_response_bytes=config.limits.max_stored_bytes,
     )

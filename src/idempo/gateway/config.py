@@ -10,6 +10,7 @@
     ttl = 86400
     lease = 30
     wait = 0                   # seconds a duplicate in flight waits for the first (0: 409)
+    replay_cache = 0           # seconds a worker replays a completed key from memory (0: off)
     host = "upstream"          # or "client": which Host the upstream sees
 
     [store_options]            # keyword arguments of the store (prefix, schema, ...)
@@ -103,6 +104,7 @@ class GatewayConfig:
     lease: float = 30.0
     wait: float = 0.0
     keep_server_errors: bool = False
+    replay_cache: float = 0.0
     host: str = "upstream"
     scope_headers: tuple[str, ...] = ("authorization", "x-api-key")
     scope_cookies: tuple[str, ...] = ("session", "sessionid")
@@ -158,6 +160,7 @@ _TOP = {
     "lease": (int, float),
     "wait": (int, float),
     "keep_server_errors": bool,
+    "replay_cache": (int, float),
     "host": str,
     "max_connections": int,
 }
