@@ -13,6 +13,11 @@ reported): the store's own calls (``claim`` + ``complete`` for a new key, ``clai
 completed record for a replay) and a decorated function on the same store. Wall time and the
 client's CPU time per call are both shown; the ratio is of wall time.
 
+Machine note: on a small machine a round trip's wall time depends on where the scheduler puts the
+backend (same core as the client: ~30 us; another, idle one: ~100 us), per connection and by
+chance; ``--pin CPU`` puts the client and both backends on one core, and the CPU columns (the
+client's, and the backends' from /proc/PID/schedstat) do not depend on it.
+
 It also counts, over the replays of one round, the WAL the server wrote
 (``pg_current_wal_lsn``): a replay that is a read writes none.
 
@@ -22,6 +27,7 @@ Everything talks to 127.0.0.1, in a schema of its own in the ``test`` database, 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -37,20 +43,33 @@ from idempo.stores.postgres import PostgresStore
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def server_cpu(pids: list[int]) -> float:
+    """Seconds the server backends ``pids`` have run on a CPU (the scheduler's own count)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
 def per_call(
-    fns: dict[str, Callable[[], None]], n: int, repeats: int
-) -> dict[str, tuple[float, float]]:
-    """Median (wall, cpu) seconds per call of each fn, over interleaved rounds of n calls."""
+    fns: dict[str, Callable[[], None]], pids: list[int], n: int, repeats: int
+) -> dict[str, tuple[float, float, float]]:
+    """Median (wall, client cpu, server cpu) seconds per call of each fn, over interleaved
+    rounds of n calls."""
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
+    srv: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
+            s0, c0, t0 = server_cpu(pids), time.process_time(), time.perf_counter()
             for _ in range(n):
                 fn()
             wall[name].append((time.perf_counter() - t0) / n)
             cpu[name].append((time.process_time() - c0) / n)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+            srv[name].append((server_cpu(pids) - s0) / n)
+    med = statistics.median
+    return {k: (med(wall[k]), med(cpu[k]), med(srv[k])) for k in fns}
 
 
 def main(argv: list[str]) -> int:
@@ -58,6 +77,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=300, help="calls per row per round")
     parser.add_argument("--repeats", type=int, default=7, help="rounds (median taken)")
     parser.add_argument("--url", default=POSTGRES_URL)
+    parser.add_argument(
+        "--pin",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="pin this process and its two server backends to one CPU: a round trip then never"
+        " waits for another core to wake, which otherwise makes a connection 30 or 100 us per"
+        " round trip by chance (needs the server on this machine, and the right to)",
+    )
     parser.add_argument(
         "--prepare-threshold",
         default="default",
@@ -68,7 +96,12 @@ def main(argv: list[str]) -> int:
     schema = f"idempo_bench_pg_{uuid.uuid4().hex[:8]}"
     run = uuid.uuid4().hex[:8]
     admin = psycopg.connect(args.url, autocommit=True)
-    options: dict[str, Any] = {"schema": schema, "auto_migrate": False, "max_size": 2}
+    options: dict[str, Any] = {
+        "schema": schema,
+        "auto_migrate": False,
+        "min_size": 1,
+        "max_size": 1,
+    }
     if args.prepare_threshold != "default":
         pt = None if args.prepare_threshold == "none" else int(args.prepare_threshold)
         options["prepare_threshold"] = pt
@@ -103,6 +136,13 @@ def main(argv: list[str]) -> int:
         def floor_replay() -> None:
             floor.execute(sel, ("done",)).fetchone()
 
+        # The claim function called by hand on the floor's connection: what the store adds
+        # around one statement (pool, watchdog, rows to a Record) is the difference.
+        claim_args = ("bench", "done", "fp", "tok2", 30.0, 3600.0)
+
+        def raw_claim_replay() -> None:
+            floor.execute(store._sql.claim, claim_args, prepare=True).fetchall()
+
         def store_new() -> None:
             k = f"{run}-{next(seq)}"
             store.claim("bench", k, "fp", "tok", lease=30, ttl=600)
@@ -131,6 +171,7 @@ def main(argv: list[str]) -> int:
         fns = {
             "floor new (INSERT+UPDATE)": floor_new,
             "floor replay (SELECT)": floor_replay,
+            "psycopg: claim fn (replay)": raw_claim_replay,
             "store claim+complete": store_new,
             "store claim (replay)": store_replay,
             "idempo new key": idem_new,
@@ -148,16 +189,27 @@ def main(argv: list[str]) -> int:
         wal = admin.execute("SELECT %s::pg_lsn - %s::pg_lsn", (lsn1[0], lsn0[0])).fetchone()
         assert wal is not None
 
-        t = per_call(fns, args.calls, args.repeats)
+        with store._pool.connection() as conn:
+            pids = [floor.info.backend_pid, conn.info.backend_pid]
+        if args.pin is not None:
+            for pid in (0, *pids):
+                os.sched_setaffinity(pid, {args.pin})
+        t = per_call(fns, pids, args.calls, args.repeats)
         print(
             f"PostgreSQL, {args.calls} calls x {args.repeats} interleaved rounds, median;"
-            f" prepare_threshold={args.prepare_threshold}"
+            f" prepare_threshold={args.prepare_threshold}; pinned to CPU {args.pin}"
         )
-        print(f"{'':28}{'wall':>10}{'cpu':>10}{'ratio':>8}")
-        fl_new, fl_rep = t["floor new (INSERT+UPDATE)"][0], t["floor replay (SELECT)"][0]
-        for name, (w, c) in t.items():
+        print(
+            f"{'':28}{'wall':>10}{'client':>10}{'server':>10}{'ratio':>8}{'cpu ratio':>10}"
+            "   (cpu: client + server)"
+        )
+        fl_new, fl_rep = t["floor new (INSERT+UPDATE)"], t["floor replay (SELECT)"]
+        for name, (w, c, sv) in t.items():
             base = fl_rep if "replay" in name else fl_new
-            print(f"{name:28}{w * 1e6:>8.1f}us{c * 1e6:>8.1f}us{w / base:>8.2f}")
+            print(
+                f"{name:28}{w * 1e6:>8.1f}us{c * 1e6:>8.1f}us{sv * 1e6:>8.1f}us"
+                f"{w / base[0]:>8.2f}{(c + sv) / (base[1] + base[2]):>10.2f}"
+            )
         print(f"WAL written by {args.calls} store replays: {int(wal[0])} bytes")
         floor.close()
     finally:

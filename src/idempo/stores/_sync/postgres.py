@@ -296,24 +296,33 @@ class PostgresStore:
         with store_errors(operation):
             with self._pool.connection() as conn:
                 self._check_autocommit(conn)
+                # An operation's statement: results in binary (floats, bytea and smallints
+                # cross without being printed by the server and parsed again here), and
+                # prepared on first use, in a pipeline only then.
+                text = isinstance(query, str)
                 prepare: bool | None = None
                 piped = _PIPELINE
-                seen: set[tuple[str, str]] | None = None  # set while this is the first use
+                first: tuple[str, str] | None = None  # (operation, text) on its first use here
                 if isinstance(query, str) and conn.prepare_threshold is not None:
                     prepare = True
                     seen = _PREPARED.get(conn)
                     if seen is None:
                         seen = _PREPARED[conn] = set()
                     if (operation, query) in seen:
-                        seen = None
                         piped = False
+                    else:
+                        first = (operation, query)
                 with self._watched(conn, operation, self._timeout) as watch:
                     try:
                         if piped:
                             with conn.pipeline():
-                                cursor = conn.execute(query, params, prepare=prepare)
+                                cursor = conn.execute(
+                                    query, params, prepare=prepare, binary=text
+                                )
                         else:
-                            cursor = conn.execute(query, params, prepare=prepare)
+                            cursor = conn.execute(
+                                query, params, prepare=prepare, binary=text
+                            )
                         # Not cursor.description: it builds a Column object per column.
                         result = cursor.pgresult
                         rows = (
@@ -325,8 +334,9 @@ class PostgresStore:
                         if watch.fired:
                             # Shut down mid-protocol: closed, so that the pool discards it.
                             conn.close()
-                if seen is not None and isinstance(query, str):
-                    seen.add((operation, query))  # only once it succeeded: psycopg keeps no failed Parse
+                if first is not None:
+                    # Only once it succeeded: psycopg keeps no statement whose Parse failed.
+                    _PREPARED[conn].add(first)
                 return rows, cursor.rowcount
 
     @staticmethod
