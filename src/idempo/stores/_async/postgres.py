@@ -293,7 +293,11 @@ class AsyncPostgresStore:
         connection.
         """
         with store_errors(operation):
-            async with self._pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): that one also enters the
+            # connection's own context, whose exit commits (a no-op in autocommit, but not
+            # free); putconn alone rolls back or discards whatever is left unfinished.
+            conn = await self._pool.getconn()
+            try:
                 self._check_autocommit(conn)
                 # An operation's statement: results in binary (floats, bytea and smallints
                 # cross without being printed by the server and parsed again here), and
@@ -335,6 +339,8 @@ class AsyncPostgresStore:
                     # Only once it succeeded: psycopg keeps no statement whose Parse failed.
                     _PREPARED[conn].add(first)
                 return rows, cursor.rowcount
+            finally:
+                await self._pool.putconn(conn)
 
     @staticmethod
     def _watched(

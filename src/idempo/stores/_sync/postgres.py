@@ -294,7 +294,11 @@ class PostgresStore:
         connection.
         """
         with store_errors(operation):
-            with self._pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): that one also enters the
+            # connection's own context, whose exit commits (a no-op in autocommit, but not
+            # free); putconn alone rolls back or discards whatever is left unfinished.
+            conn = self._pool.getconn()
+            try:
                 self._check_autocommit(conn)
                 # An operation's statement: results in binary (floats, bytea and smallints
                 # cross without being printed by the server and parsed again here), and
@@ -320,9 +324,7 @@ class PostgresStore:
                                     query, params, prepare=prepare, binary=text
                                 )
                         else:
-                            cursor = conn.execute(
-                                query, params, prepare=prepare, binary=text
-                            )
+                            cursor = conn.execute(query, params, prepare=prepare, binary=text)
                         # Not cursor.description: it builds a Column object per column.
                         result = cursor.pgresult
                         rows = (
@@ -338,6 +340,8 @@ class PostgresStore:
                     # Only once it succeeded: psycopg keeps no statement whose Parse failed.
                     _PREPARED[conn].add(first)
                 return rows, cursor.rowcount
+            finally:
+                self._pool.putconn(conn)
 
     @staticmethod
     def _watched(
