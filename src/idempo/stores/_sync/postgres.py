@@ -287,7 +287,8 @@ class PostgresStore:
         pipeline, whose setup costs more CPU than the whole rest of the call's client side.
         Prepared statements save the server parsing and planning every call. A connection
         whose ``prepare_threshold`` is None (behind a pgbouncer that cannot keep prepared
-        statements) never prepares: each statement is parsed every time, in one flight.
+        statements) never prepares: each statement is parsed every time, in one flight, with no
+        pipeline either.
         Other statements (scan, stats, the migration probe) keep psycopg's own threshold and
         are always pipelined. Without libpq pipeline support (libpq < 14) statements are sent
         plainly, and a statement's preparation costs one extra round trip, once per
@@ -305,17 +306,16 @@ class PostgresStore:
                 # prepared on first use, in a pipeline only then.
                 text = isinstance(query, str)
                 prepare: bool | None = None
-                piped = _PIPELINE
+                piped = _PIPELINE and not text
                 first: tuple[str, str] | None = None  # (operation, text) on its first use here
                 if isinstance(query, str) and conn.prepare_threshold is not None:
                     prepare = True
                     seen = _PREPARED.get(conn)
                     if seen is None:
                         seen = _PREPARED[conn] = set()
-                    if (operation, query) in seen:
-                        piped = False
-                    else:
+                    if (operation, query) not in seen:
                         first = (operation, query)
+                        piped = _PIPELINE
                 with self._watched(conn, operation, self._timeout) as watch:
                     try:
                         if piped:
