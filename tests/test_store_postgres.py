@@ -300,6 +300,46 @@ def test_every_operation_is_one_statement_in_one_round_trip(schema: str, tmp_pat
         assert rounds[-1]["parses"] == 0, label
 
 
+def test_without_prepared_statements_each_operation_is_one_round_trip(
+    schema: str, tmp_path: Path
+) -> None:
+    """With prepare_threshold=None (behind a pgbouncer that cannot keep prepared statements)
+    nothing is ever prepared: every use parses its statement, still in one flight."""
+    connections: list[psycopg.Connection[Any]] = []
+    pool = ConnectionPool(
+        POSTGRES_URL,
+        min_size=1,
+        max_size=1,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": None,
+            "cursor_factory": _CountingCursor,
+        },
+        configure=connections.append,
+        open=True,
+    )
+    store = PostgresStore(pool, schema=schema)
+    try:
+        store.migrate()
+        wire = _Wire(connections[0].pgconn, tmp_path)
+        for i in range(7):
+            with wire.measure(_CountingCursor.executed) as claim:
+                first = store.claim(SCOPE, f"k{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+            with wire.measure(_CountingCursor.executed) as complete:
+                store.complete(SCOPE, f"k{i}", first.token, b"x", ttl=TTL)
+            with wire.measure(_CountingCursor.executed) as replay:
+                again = store.claim(SCOPE, f"k{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+            assert again.status is ClaimStatus.COMPLETED
+            assert again.record.outcome == b"x"
+            for counts in (claim, complete, replay):
+                assert counts["statements"] == counts["executes"] == 1, counts
+                assert counts["round_trips"] == 1, counts
+                assert counts["parses"] == 1, counts
+    finally:
+        store.close()
+        pool.close()
+
+
 async def test_async_operations_are_one_round_trip(schema: str, tmp_path: Path) -> None:
     """The async twin sends the same single flight."""
     connections: list[psycopg.AsyncConnection[Any]] = []
