@@ -129,11 +129,12 @@ BEGIN
 
     -- Read first, without a lock. A live record that answers the claim without a write (a
     -- replay, a refused duplicate under a live lease, a mismatch) is answered from this read:
-    -- no row lock, hence no transaction id, no WAL and no commit flush; a replay costs what a
-    -- SELECT costs. The answer is what a claim taken at the instant of this read would have
-    -- given, and a record completed, released or deleted just after it changes nothing that a
-    -- claim a moment earlier could not equally have seen. Every decision to WRITE (absent,
-    -- expired, lease run out) is taken below, under the row lock, on a fresh read.
+    -- no row lock, hence no transaction id, no WAL and no commit flush. The answer is what a
+    -- claim taken at the instant of this read would have given, and a record completed,
+    -- released, deleted or taken over just after it changes nothing that a claim a moment
+    -- earlier could not equally have seen. A concurrent uncommitted insert is invisible here,
+    -- so its rivals go on to the INSERT below, which waits for it. Every decision to WRITE
+    -- (absent, expired, lease run out) is taken below, under the row lock, on a fresh read.
     SELECT t.* INTO v_row FROM {table} AS t
     WHERE t.scope = p_scope AND t.key = p_key;
     IF FOUND THEN
