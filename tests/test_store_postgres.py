@@ -746,6 +746,16 @@ def test_replay_duplicate_and_mismatch_take_no_lock(store: PostgresStore, schema
     assert _xmax(schema, "gone") != written["gone"]
 
 
+def test_an_unknown_claim_status_is_a_store_error(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim function of another version answering a status this code does not know."""
+    row = ("weird", None, 1.0, "fp", "completed", None, None, b"x", None, 1.0, 2.0, 1)
+    monkeypatch.setattr(store, "_run", lambda *a: [row])
+    with pytest.raises(StoreError, match="weird"):
+        store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
+
+
 def test_a_replay_in_a_transaction_assigns_no_transaction_id(
     store: PostgresStore, schema: str
 ) -> None:

@@ -56,6 +56,7 @@ __all__ = ["AsyncBoundPostgresStore", "AsyncPostgresStore"]
 
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
+_STATUSES = {s.value: s for s in ClaimStatus}
 # The (operation, statement text) pairs that each connection has prepared: see _execute. The
 # operation too, because psycopg prepares a statement per parameter types (extend sends a NULL
 # recovery point where set_recovery_point sends bytea). Weak, so that a connection the pool
@@ -369,9 +370,10 @@ class AsyncPostgresStore:
         if len(rows) != 1:
             raise StoreError(f"the claim function returned {len(rows)} rows, not 1")
         status, takeover, now, *row = rows[0]
-        return ClaimResult(
-            ClaimStatus(status), record(scope, key, row), now, takeover=bool(takeover)
-        )
+        known = _STATUSES.get(status)  # a dict: an enum call costs ten times more
+        if known is None:
+            raise StoreError(f"the claim function answered {status!r}")
+        return ClaimResult(known, record(scope, key, row), now, takeover=bool(takeover))
 
     async def _hold(self, operation: str, query: str, params: dict[str, Any]) -> float | None:
         rows = await self._run(operation, query, params)

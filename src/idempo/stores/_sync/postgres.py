@@ -57,6 +57,7 @@ __all__ = ["BoundPostgresStore", "PostgresStore"]
 
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
+_STATUSES = {s.value: s for s in ClaimStatus}
 # The (operation, statement text) pairs that each connection has prepared: see _execute. The
 # operation too, because psycopg prepares a statement per parameter types (extend sends a NULL
 # recovery point where set_recovery_point sends bytea). Weak, so that a connection the pool
@@ -370,9 +371,10 @@ class PostgresStore:
         if len(rows) != 1:
             raise StoreError(f"the claim function returned {len(rows)} rows, not 1")
         status, takeover, now, *row = rows[0]
-        return ClaimResult(
-            ClaimStatus(status), record(scope, key, row), now, takeover=bool(takeover)
-        )
+        known = _STATUSES.get(status)  # a dict: an enum call costs ten times more
+        if known is None:
+            raise StoreError(f"the claim function answered {status!r}")
+        return ClaimResult(known, record(scope, key, row), now, takeover=bool(takeover))
 
     def _hold(self, operation: str, query: str, params: dict[str, Any]) -> float | None:
         rows = self._run(operation, query, params)
