@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from idempo import open_store
 from idempo.core.records import ClaimStatus
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
+from idempo.stores import _postgres_sql as pg_sql
 from idempo.stores.postgres import AsyncPostgresStore, PostgresStore, migration_sql
 from idempo.testing import AsyncServerStoreConformance, ServerStoreConformance
 from tests.conftest import POSTGRES_URL, require_service
@@ -299,6 +300,46 @@ def test_every_operation_is_one_statement_in_one_round_trip(schema: str, tmp_pat
         assert rounds[-1]["parses"] == 0, label
 
 
+def test_without_prepared_statements_each_operation_is_one_round_trip(
+    schema: str, tmp_path: Path
+) -> None:
+    """With prepare_threshold=None (behind a pgbouncer that cannot keep prepared statements)
+    nothing is ever prepared: every use parses its statement, still in one flight."""
+    connections: list[psycopg.Connection[Any]] = []
+    pool = ConnectionPool(
+        POSTGRES_URL,
+        min_size=1,
+        max_size=1,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": None,
+            "cursor_factory": _CountingCursor,
+        },
+        configure=connections.append,
+        open=True,
+    )
+    store = PostgresStore(pool, schema=schema)
+    try:
+        store.migrate()
+        wire = _Wire(connections[0].pgconn, tmp_path)
+        for i in range(7):
+            with wire.measure(_CountingCursor.executed) as claim:
+                first = store.claim(SCOPE, f"k{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+            with wire.measure(_CountingCursor.executed) as complete:
+                store.complete(SCOPE, f"k{i}", first.token, b"x", ttl=TTL)
+            with wire.measure(_CountingCursor.executed) as replay:
+                again = store.claim(SCOPE, f"k{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+            assert again.status is ClaimStatus.COMPLETED
+            assert again.record.outcome == b"x"
+            for counts in (claim, complete, replay):
+                assert counts["statements"] == counts["executes"] == 1, counts
+                assert counts["round_trips"] == 1, counts
+                assert counts["parses"] == 1, counts
+    finally:
+        store.close()
+        pool.close()
+
+
 async def test_async_operations_are_one_round_trip(schema: str, tmp_path: Path) -> None:
     """The async twin sends the same single flight."""
     connections: list[psycopg.AsyncConnection[Any]] = []
@@ -362,6 +403,79 @@ def test_migrate_creates_the_table_its_indexes_and_the_claim_function(
     store.migrate()
     store.migrate()
     assert _objects(schema) == (1, 3, 1)  # the table; primary key, expiry, in-progress; claim
+
+
+def test_schema_2_is_upgraded_to_3_in_place(schema: str) -> None:
+    """A schema at version 2 (claim function marked 2, the body of that idempo) is upgraded by
+    the first operation of a store object: CREATE OR REPLACE keeps the function's signature,
+    the records and every object; the new body reads before it writes."""
+    store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
+    try:
+        held = store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
+        done = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
+        store.complete(SCOPE, "done", done.token, b"out", ttl=TTL)
+    finally:
+        store.close()
+    statements = pg_sql.statements(schema, "idempo_records")
+    # Version 2's body, as far as this test can tell: it always locks the row (FOR UPDATE)
+    # before answering. The signature is the one every version since 1 has.
+    old_body = """
+    DECLARE v_row {table}%ROWTYPE;
+    BEGIN
+        SELECT t.* INTO v_row FROM {table} AS t
+        WHERE t.scope = p_scope AND t.key = p_key FOR UPDATE;
+        o_status := 'completed';
+        o_now := extract(epoch FROM clock_timestamp())::float8;
+        o_fingerprint := v_row.fingerprint;
+        o_state := v_row.state;
+        o_outcome := v_row.outcome;
+        o_created_at := extract(epoch FROM v_row.created_at)::float8;
+        o_expires_at := extract(epoch FROM v_row.expires_at)::float8;
+        o_format := v_row.format;
+    END
+    """
+    body = sql.SQL(old_body).format(table=statements.table)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(pg_sql._CLAIM_FUNCTION).format(
+                function=statements.function, body=sql.Literal(body.as_string(None))
+            )
+        )
+        conn.execute(
+            sql.SQL("COMMENT ON FUNCTION {}{} IS 'idempo schema 2'").format(
+                statements.function, sql.SQL(pg_sql.CLAIM_ARGS)
+            )
+        )
+    # The old body locks: a replay through it writes the row's xmax.
+    xmax = _raw(schema, "SELECT xmax::text FROM {t} WHERE key = 'done'")[0][0]
+    old = PostgresStore.from_url(POSTGRES_URL, schema=schema, auto_migrate=False)
+    try:
+        assert old.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL).record.outcome
+    finally:
+        old.close()
+    locked = _raw(schema, "SELECT xmax::text FROM {t} WHERE key = 'done'")[0][0]
+    assert locked != xmax
+
+    store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
+    try:
+        replay = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
+        assert replay.status is ClaimStatus.COMPLETED
+        assert replay.record.outcome == b"out"
+        assert _raw(schema, "SELECT xmax::text FROM {t} WHERE key = 'done'")[0][0] == locked
+        busy = store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
+        assert busy.status is ClaimStatus.IN_PROGRESS
+        store.complete(SCOPE, "held", held.token, b"late", ttl=TTL)
+    finally:
+        store.close()
+    assert _objects(schema) == (1, 3, 1)
+    ((comment, source),) = _raw(
+        schema,
+        "SELECT obj_description(p.oid, 'pg_proc'), p.prosrc FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+        schema,
+    )
+    assert comment == f"idempo schema {pg_sql.SCHEMA_VERSION}" == "idempo schema 3"
+    assert "Read first, without a lock" in source
 
 
 def test_concurrent_migrations_are_safe() -> None:
@@ -582,6 +696,118 @@ def test_repeatable_read_sessions_are_refused(store: PostgresStore, schema: str)
             rr.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     finally:
         rr.close()
+
+
+# -- reads and writes ------------------------------------------------------------------------
+
+
+def _xmax(schema: str, key: str) -> str:
+    """The row's xmax: a row lock (SELECT ... FOR UPDATE) or an update changes it."""
+    return str(
+        _raw(schema, "SELECT xmax::text FROM {t} WHERE scope = %s AND key = %s", SCOPE, key)[0][0]
+    )
+
+
+def test_replay_duplicate_and_mismatch_take_no_lock(store: PostgresStore, schema: str) -> None:
+    """A claim answered without a write (completed, in progress under a live lease, another
+    fingerprint) locks nothing: the rows' xmax stays as it was. A takeover and the revival of
+    an expired record still write."""
+    done = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
+    store.complete(SCOPE, "done", done.token, b"out", ttl=TTL)
+    store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
+    before = {k: _xmax(schema, k) for k in ("done", "held")}
+    for _ in range(3):
+        assert store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL).status is (
+            ClaimStatus.COMPLETED
+        )
+        assert store.claim(SCOPE, "done", "fp2", _token(), lease=LEASE, ttl=TTL).status is (
+            ClaimStatus.MISMATCH
+        )
+        assert store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL).status is (
+            ClaimStatus.IN_PROGRESS
+        )
+        assert store.claim(SCOPE, "held", "fp2", _token(), lease=LEASE, ttl=TTL).status is (
+            ClaimStatus.MISMATCH
+        )
+    assert {k: _xmax(schema, k) for k in ("done", "held")} == before
+
+    stale = store.claim(SCOPE, "stale", "fp", _token(), lease=0.05, ttl=TTL)
+    gone = store.claim(SCOPE, "gone", "fp", _token(), lease=LEASE, ttl=TTL)
+    store.complete(SCOPE, "gone", gone.token, b"x", ttl=0.05)
+    time.sleep(0.1)
+    written = {k: _xmax(schema, k) for k in ("stale", "gone")}
+    taken = store.claim(SCOPE, "stale", "fp", _token(), lease=LEASE, ttl=TTL)
+    assert taken.takeover
+    assert taken.token != stale.token
+    revived = store.claim(SCOPE, "gone", "fp2", _token(), lease=LEASE, ttl=TTL)
+    assert revived.status is ClaimStatus.ACQUIRED
+    assert not revived.takeover
+    assert _xmax(schema, "stale") != written["stale"]
+    assert _xmax(schema, "gone") != written["gone"]
+
+
+def test_an_unknown_claim_status_is_a_store_error(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim function of another version answering a status this code does not know."""
+    row = ("weird", None, 1.0, "fp", "completed", None, None, b"x", None, 1.0, 2.0, 1)
+    monkeypatch.setattr(store, "_run", lambda *a: [row])
+    with pytest.raises(StoreError, match="weird"):
+        store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
+
+
+def test_a_replay_in_a_transaction_assigns_no_transaction_id(
+    store: PostgresStore, schema: str
+) -> None:
+    """Bound to a caller's transaction, a replay and a refused duplicate leave it read-only
+    (no transaction id: nothing to commit, no WAL flush); a new key's claim makes it a write."""
+    done = store.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL)
+    store.complete(SCOPE, "done", done.token, b"out", ttl=TTL)
+    store.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        bound = store.bind(conn)
+        with conn.transaction():
+            assert bound.claim(SCOPE, "done", "fp", _token(), lease=LEASE, ttl=TTL).status is (
+                ClaimStatus.COMPLETED
+            )
+            assert bound.claim(SCOPE, "held", "fp", _token(), lease=LEASE, ttl=TTL).status is (
+                ClaimStatus.IN_PROGRESS
+            )
+            assert bound.claim(SCOPE, "held", "x", _token(), lease=LEASE, ttl=TTL).status is (
+                ClaimStatus.MISMATCH
+            )
+            xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()
+            assert xid == (None,)
+            assert bound.claim(SCOPE, "new", "fp", _token(), lease=LEASE, ttl=TTL).token
+            xid = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()
+            assert xid is not None
+            assert xid[0] is not None
+
+
+def test_concurrent_revival_of_an_expired_record_one_wins(schema: str) -> None:
+    """64 simultaneous claimers of an expired completed record (each read sees it expired, so
+    each goes to the locking path): exactly one acquires it anew, the rest see it held."""
+    store = PostgresStore.from_url(POSTGRES_URL, schema=schema, max_size=16)
+    try:
+        first = store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
+        store.complete(SCOPE, "k", first.token, b"old", ttl=0.05)
+        time.sleep(0.1)
+        barrier = threading.Barrier(64)
+
+        def claim(_: int) -> Any:
+            barrier.wait()
+            return store.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
+
+        with ThreadPoolExecutor(64) as executor:
+            results = list(executor.map(claim, range(64)))
+        statuses = [r.status for r in results]
+        assert statuses.count(ClaimStatus.ACQUIRED) == 1
+        assert statuses.count(ClaimStatus.IN_PROGRESS) == 63
+        (winner,) = [r for r in results if r.status is ClaimStatus.ACQUIRED]
+        assert not winner.takeover
+        assert winner.record.outcome is None
+    finally:
+        store.close()
 
 
 # -- purge -----------------------------------------------------------------------------------

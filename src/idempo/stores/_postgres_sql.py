@@ -38,7 +38,10 @@ __all__ = [
 # auto-migration compares it with the marker comment on the claim function to skip the DDL (and
 # the privileges it needs) when the schema is already current.
 # 2: the partial index of in-progress records (scan, stats).
-SCHEMA_VERSION = 2
+# 3: the claim function reads before it writes: a replay, a refused duplicate and a mismatch on
+#    a live record are answered from a plain read (no row lock, no transaction id, no WAL).
+#    CREATE OR REPLACE with the same signature: the upgrade from 2 replaces the body.
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key serialising migrations across processes ("idempo" in ASCII).
 MIGRATE_LOCK = 0x6964656D706F
 # PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1), silently,
@@ -117,12 +120,39 @@ DECLARE
     v_tries integer := 0;
 BEGIN
     -- The retry loop below relies on each statement seeing rows committed after the previous
-    -- one; under REPEATABLE READ or SERIALIZABLE it could not, so refuse to run there.
+    -- one; under REPEATABLE READ or SERIALIZABLE it could not, so refuse to run there. (Also
+    -- before the read below: an old transaction snapshot would answer from a stale record.)
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'idempo claim needs READ COMMITTED, not %',
             current_setting('transaction_isolation');
     END IF;
+
+    -- Read first, without a lock. A live record that answers the claim without a write (a
+    -- replay, a refused duplicate under a live lease, a mismatch) is answered from this read:
+    -- no row lock, hence no transaction id, no WAL and no commit flush. The answer is what a
+    -- claim taken at the instant of this read would have given, and a record completed,
+    -- released, deleted or taken over just after it changes nothing that a claim a moment
+    -- earlier could not equally have seen. A concurrent uncommitted insert is invisible here,
+    -- so its rivals go on to the INSERT below, which waits for it. Every decision to WRITE
+    -- (absent, expired, lease run out) is taken below, under the row lock, on a fresh read.
+    SELECT t.* INTO v_row FROM {table} AS t
+    WHERE t.scope = p_scope AND t.key = p_key;
+    IF FOUND THEN
+        v_now := clock_timestamp();
+        IF v_row.expires_at > v_now THEN
+            IF v_row.fingerprint <> p_fingerprint THEN
+                o_status := 'mismatch';
+            ELSIF v_row.state = 'completed' THEN
+                o_status := 'completed';
+            ELSIF v_row.lease_until > v_now THEN
+                o_status := 'in_progress';
+            END IF;
+        END IF;
+    END IF;
+
     LOOP
+        -- Answered by the read above.
+        EXIT WHEN o_status IS NOT NULL;
         v_tries := v_tries + 1;
         IF v_tries > 100 THEN
             -- Only a record deleted and re-created a hundred times in a row gets here.
@@ -352,6 +382,12 @@ def _check_identifier(what: str, name: str, room: int) -> str:
     return name
 
 
+def _text(statement: sql.Composed) -> str:
+    # Quoted without a connection (psycopg's own identifier quoting, the same as libpq's); the
+    # text is encoded to each connection's encoding when it is sent.
+    return statement.as_string(None)
+
+
 @dataclass(frozen=True, slots=True)
 class Statements:
     """Every statement of one (schema, table), composed once with quoted identifiers."""
@@ -360,13 +396,16 @@ class Statements:
     table: sql.Composed  # "schema"."table"
     index: sql.Identifier  # indexes live in the table's schema: name unqualified
     function: sql.Composed  # "schema"."table_claim"
-    claim: sql.Composed
-    complete: sql.Composed
-    extend: sql.Composed
-    release: sql.Composed
-    get: sql.Composed
-    delete: sql.Composed
-    purge: sql.Composed
+    # The statements of every operation, rendered to text once: psycopg would otherwise compose
+    # a Composed afresh on every execute, and a str is also the key under which the store
+    # remembers what each connection has prepared (see the store's _execute).
+    claim: str
+    complete: str
+    extend: str
+    release: str
+    get: str
+    delete: str
+    purge: str
     in_progress_index: sql.Identifier
 
 
@@ -376,21 +415,23 @@ def statements(schema: str, table: str) -> Statements:
     qualified = sql.SQL(".").join([sql.Identifier(schema), sql.Identifier(table)])
     function = sql.SQL(".").join([sql.Identifier(schema), sql.Identifier(f"{table}_claim")])
 
-    def holder(assignments: str) -> sql.Composed:
-        return sql.SQL(_HOLDER_UPDATE).format(table=qualified, assignments=sql.SQL(assignments))
+    def holder(assignments: str) -> str:
+        return _text(
+            sql.SQL(_HOLDER_UPDATE).format(table=qualified, assignments=sql.SQL(assignments))
+        )
 
     return Statements(
         schema=sql.Identifier(schema),
         table=qualified,
         index=sql.Identifier(f"{table}_expires_at_idx"),
         function=function,
-        claim=sql.SQL(_CLAIM).format(function=function),
+        claim=_text(sql.SQL(_CLAIM).format(function=function)),
         complete=holder(_COMPLETE_SET),
         extend=holder(_EXTEND_SET),
-        release=sql.SQL(_RELEASE).format(table=qualified),
-        get=sql.SQL(_GET).format(table=qualified),
-        delete=sql.SQL(_DELETE).format(table=qualified),
-        purge=sql.SQL(_PURGE).format(table=qualified),
+        release=_text(sql.SQL(_RELEASE).format(table=qualified)),
+        get=_text(sql.SQL(_GET).format(table=qualified)),
+        delete=_text(sql.SQL(_DELETE).format(table=qualified)),
+        purge=_text(sql.SQL(_PURGE).format(table=qualified)),
         in_progress_index=sql.Identifier(f"{table}{_IN_PROGRESS_SUFFIX}"),
     )
 

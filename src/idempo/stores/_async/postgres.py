@@ -21,6 +21,7 @@ mid-transaction.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -55,6 +56,14 @@ __all__ = ["AsyncBoundPostgresStore", "AsyncPostgresStore"]
 
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
+_STATUSES = {s.value: s for s in ClaimStatus}
+# The (operation, statement text) pairs that each connection has prepared: see _execute. The
+# operation too, because psycopg prepares a statement per parameter types (extend sends a NULL
+# recovery point where set_recovery_point sends bytea). Weak, so that a connection the pool
+# discards takes its entry with it.
+_PREPARED: weakref.WeakKeyDictionary[AsyncConnection[Any], set[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 # The bound on migrate(), whatever ``timeout`` is: DDL may wait for locks that busy writers hold.
 MIGRATE_TIMEOUT = 60.0
 
@@ -263,34 +272,76 @@ class AsyncPostgresStore:
     async def _execute(
         self,
         operation: str,
-        query: sql.SQL | sql.Composed,
+        query: sql.SQL | sql.Composed | str,
         params: Sequence[Any] | Mapping[str, Any],
     ) -> tuple[list[TupleRow], int]:
         """Run one statement on a pooled connection: one round trip, its own transaction.
 
-        Returns the rows (if any) and the row count. The statement is sent in a pipeline so
-        that it is one flight of messages ending in one Sync even when psycopg prepares it
-        (from its 5th use on a connection psycopg sends a named Parse first; outside a pipeline
-        that Parse is a round trip of its own). Prepared statements save the server parsing and
-        planning every call. Without libpq pipeline support (libpq < 14) the statement is sent
-        plainly, and each statement costs one extra round trip, once per connection.
+        Returns the rows (if any) and the row count.
+
+        An operation's statement (a ``str``, see ``Statements``) is prepared on its first use
+        on each connection, and that first use is sent in a pipeline: psycopg sends the named
+        Parse first, and outside a pipeline that Parse would be a round trip of its own; in one
+        it travels in the same flight, ending in one Sync. Every later use is sent plainly,
+        since the prepared statement is only bound and executed: one flight without a
+        pipeline, whose setup costs more CPU than the whole rest of the call's client side.
+        Prepared statements save the server parsing and planning every call. A connection
+        whose ``prepare_threshold`` is None (behind a pgbouncer that cannot keep prepared
+        statements) never prepares: each statement is parsed every time, in one flight, with no
+        pipeline either.
+        Other statements (scan, stats, the migration probe) keep psycopg's own threshold and
+        are always pipelined. Without libpq pipeline support (libpq < 14) statements are sent
+        plainly, and a statement's preparation costs one extra round trip, once per
+        connection.
         """
         with store_errors(operation):
-            async with self._pool.connection() as conn:
+            # getconn/putconn rather than pool.connection(): that one also enters the
+            # connection's own context, whose exit commits (a no-op in autocommit, but not
+            # free); putconn alone rolls back or discards whatever is left unfinished.
+            conn = await self._pool.getconn()
+            try:
                 self._check_autocommit(conn)
+                # An operation's statement: results in binary (floats, bytea and smallints
+                # cross without being printed by the server and parsed again here), and
+                # prepared on first use, in a pipeline only then.
+                text = isinstance(query, str)
+                prepare: bool | None = None
+                piped = _PIPELINE and not text
+                first: tuple[str, str] | None = None  # (operation, text) on its first use here
+                if isinstance(query, str) and conn.prepare_threshold is not None:
+                    prepare = True
+                    seen = _PREPARED.get(conn)
+                    if seen is None:
+                        seen = _PREPARED[conn] = set()
+                    if (operation, query) not in seen:
+                        first = (operation, query)
+                        piped = _PIPELINE
                 with self._watched(conn, operation, self._timeout) as watch:
                     try:
-                        if _PIPELINE:
+                        if piped:
                             async with conn.pipeline():
-                                cursor = await conn.execute(query, params)
+                                cursor = await conn.execute(
+                                    query, params, prepare=prepare, binary=text
+                                )
                         else:
-                            cursor = await conn.execute(query, params)
-                        rows = await cursor.fetchall() if cursor.description is not None else []
+                            cursor = await conn.execute(query, params, prepare=prepare, binary=text)
+                        # Not cursor.description: it builds a Column object per column.
+                        result = cursor.pgresult
+                        rows = (
+                            await cursor.fetchall()
+                            if result is not None and result.status == ExecStatus.TUPLES_OK
+                            else []
+                        )
                     finally:
                         if watch.fired:
                             # Shut down mid-protocol: closed, so that the pool discards it.
                             await conn.close()
+                if first is not None:
+                    # Only once it succeeded: psycopg keeps no statement whose Parse failed.
+                    _PREPARED[conn].add(first)
                 return rows, cursor.rowcount
+            finally:
+                await self._pool.putconn(conn)
 
     @staticmethod
     def _watched(
@@ -301,7 +352,7 @@ class AsyncPostgresStore:
     async def _run(
         self,
         operation: str,
-        query: sql.SQL | sql.Composed,
+        query: sql.SQL | sql.Composed | str,
         params: Sequence[Any] | Mapping[str, Any],
     ) -> list[TupleRow]:
         await self._ensure_ready()
@@ -311,19 +362,20 @@ class AsyncPostgresStore:
     async def claim(
         self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
     ) -> ClaimResult:
+        # float(): the parameters' types are part of psycopg's key for a prepared statement;
+        # an int would be sent as int2, int4 or int8 by its value, a statement each.
         rows = await self._run(
-            "claim", self._sql.claim, (scope, key, fingerprint, token, lease, ttl)
+            "claim", self._sql.claim, (scope, key, fingerprint, token, float(lease), float(ttl))
         )
         if len(rows) != 1:
             raise StoreError(f"the claim function returned {len(rows)} rows, not 1")
         status, takeover, now, *row = rows[0]
-        return ClaimResult(
-            ClaimStatus(status), record(scope, key, row), now, takeover=bool(takeover)
-        )
+        known = _STATUSES.get(status)  # a dict: an enum call costs ten times more
+        if known is None:
+            raise StoreError(f"the claim function answered {status!r}")
+        return ClaimResult(known, record(scope, key, row), now, takeover=bool(takeover))
 
-    async def _hold(
-        self, operation: str, query: sql.Composed, params: dict[str, Any]
-    ) -> float | None:
+    async def _hold(self, operation: str, query: str, params: dict[str, Any]) -> float | None:
         rows = await self._run(operation, query, params)
         held, lease_until, reason = rows[0]
         if not held:
@@ -333,11 +385,17 @@ class AsyncPostgresStore:
     async def complete(
         self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
     ) -> None:
-        params = {"scope": scope, "key": key, "token": token, "outcome": outcome, "ttl": ttl}
+        params = {
+            "scope": scope,
+            "key": key,
+            "token": token,
+            "outcome": outcome,
+            "ttl": float(ttl),
+        }
         await self._hold("complete", self._sql.complete, params)
 
     async def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        params = {"scope": scope, "key": key, "token": token, "lease": lease}
+        params = {"scope": scope, "key": key, "token": token, "lease": float(lease)}
         until = await self._hold("extend", self._sql.extend, {**params, "recovery_point": None})
         assert until is not None  # an in_progress record always has a lease
         return until
@@ -349,7 +407,7 @@ class AsyncPostgresStore:
             "scope": scope,
             "key": key,
             "token": token,
-            "lease": lease,
+            "lease": float(lease),
             "recovery_point": recovery_point,
         }
         until = await self._hold("set_recovery_point", self._sql.extend, params)
@@ -423,7 +481,7 @@ class AsyncBoundPostgresStore(AsyncPostgresStore):
     async def _execute(
         self,
         operation: str,
-        query: sql.SQL | sql.Composed,
+        query: sql.SQL | sql.Composed | str,
         params: Sequence[Any] | Mapping[str, Any],
     ) -> tuple[list[TupleRow], int]:
         if (
