@@ -60,9 +60,7 @@ class CachedStore:
     def set_recovery_point(
         self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
     ) -> float:
-        return self._store.set_recovery_point(
-            scope, key, token, recovery_point, lease=lease
-        )
+        return self._store.set_recovery_point(scope, key, token, recovery_point, lease=lease)
 
     def release(self, scope: str, key: str, token: str) -> bool:
         return self._store.release(scope, key, token)
