@@ -194,11 +194,15 @@ def _replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send(send: Send, response: Respond) -> None:
+    raw = response.raw_headers
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
+            # A new list every time: a middleware further out may edit it in place.
+            "headers": list(raw)
+            if raw is not None
+            else [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
         }
     )
     await send({"type": "http.response.body", "body": response.body})

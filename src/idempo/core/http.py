@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 from urllib.parse import parse_qsl, urlencode
 
@@ -416,6 +416,11 @@ _decode_json = json.JSONDecoder(parse_float=_json_number, parse_constant=_refuse
 _canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
+# The string encoder of _canonical_text (ensure_ascii=False), to spell the outer document's
+# strings the same way when it is built by concatenation.
+_json_string = json.encoder.encode_basestring
+
+
 def fingerprint_request(
     method: str, path: str, query: str, body: bytes, content_type: str | None
 ) -> str:
@@ -423,19 +428,36 @@ def fingerprint_request(
     same document serialized differently gets the same fingerprint. A body that claims to be
     JSON but is not (or holds NaN, Infinity, lone surrogates) is fingerprinted by its bytes:
     never an error, since it is the application's to refuse."""
-    request: dict[str, Any] = {
-        "method": method.upper(),
-        "path": path,
-        "query": urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else "",
-    }
-    media = (content_type or "").split(";")[0].strip().lower()
-    if body and (media == "application/json" or media.endswith("+json")):
-        try:
-            text = _canonical_text({**request, "body": {"json": _decode_json(body.decode())}})
-            return hashlib.sha256(text.encode()).hexdigest()
-        except (ValueError, UnicodeError, RecursionError):
-            pass
-    return fingerprint({**request, "body": {"sha256": hashlib.sha256(body).hexdigest()}})
+    method = method.upper()
+    query = urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else ""
+    if body and content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media == "application/json" or media.endswith("+json"):
+            try:
+                # The canonical text of {"body": {"json": doc}, "method":, "path":, "query":}
+                # (keys sorted), spelled out: the parsed document is canonical already.
+                text = (
+                    '{"body":{"json":'
+                    + _canonical_text(_decode_json(body.decode()))
+                    + '},"method":'
+                    + _json_string(method)
+                    + ',"path":'
+                    + _json_string(path)
+                    + ',"query":'
+                    + _json_string(query)
+                    + "}"
+                )
+                return hashlib.sha256(text.encode()).hexdigest()
+            except (ValueError, UnicodeError, RecursionError):
+                pass
+    return fingerprint(
+        {
+            "method": method,
+            "path": path,
+            "query": query,
+            "body": {"sha256": hashlib.sha256(body).hexdigest()},
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +465,17 @@ class StoredResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+# Built once: json.dumps with non-default arguments builds a new encoder on every call.
+_head_text = json.JSONEncoder(separators=(",", ":")).encode
+_head_decode = json.JSONDecoder().decode
+
+
+def _head(status: int, headers: Iterable[tuple[str, str]], headers_kept: HeaderFilter) -> bytes:
+    keeps = headers_kept.keeps
+    kept = [(k, v) for k, v in headers if keeps(k)]
+    return _head_text({"status": status, "headers": kept}).encode()
 
 
 def encode_response(
@@ -453,15 +486,17 @@ def encode_response(
 ) -> bytes:
     """A response as kept in the store: a JSON head line, then the body bytes. Only the headers
     ``headers_kept`` keeps are stored (never cookies, hop-by-hop, or secrets by default)."""
-    keeps = headers_kept.keeps
-    kept = [(k, v) for k, v in headers if keeps(k)]
-    head = json.dumps({"status": status, "headers": kept}, separators=(",", ":"))
-    return head.encode() + b"\n" + body
+    return b"".join((_head(status, headers, headers_kept), b"\n", body))
 
 
-def decode_response(data: bytes) -> StoredResponse:
-    head, _, body = data.partition(b"\n")
-    meta = json.loads(head)
+def decode_response(data: bytes, start: int = 0) -> StoredResponse:
+    """The response :func:`encode_response` wrote (from ``start`` in ``data``)."""
+    end = data.find(b"\n", start)
+    if end < 0:
+        head, body = data[start:], b""
+    else:
+        head, body = data[start:end], data[end + 1 :]
+    meta = _head_decode(head.decode())
     return StoredResponse(meta["status"], [(k, v) for k, v in meta["headers"]], body)
 
 
@@ -523,6 +558,9 @@ class _ResponseBytes:
 
 RESPONSE_SERIALIZER = _ResponseBytes()
 
+# The outcome envelope of every kept response, before its bytes (outcomes.encode_value's).
+_RESPONSE_ENVELOPE = outcomes.encode_value(RESPONSE_SERIALIZER, b"")
+
 
 class ResponseCapture:
     """A response as it passes through an adapter: status, headers, body up to a limit."""
@@ -559,10 +597,9 @@ def outcome_for(config: HttpConfig, capture: ResponseCapture) -> Keep | Release:
     if capture.size > capture.limit:
         reason = f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
         return Keep(outcomes.encode_not_stored(reason))
-    encoded = encode_response(
-        capture.status, capture.headers, b"".join(capture.chunks), config.headers_kept
-    )
-    return Keep(outcomes.encode_value(RESPONSE_SERIALIZER, encoded))
+    # outcomes.encode_value(RESPONSE_SERIALIZER, encode_response(...)), in one join.
+    head = _head(capture.status, capture.headers, config.headers_kept)
+    return Keep(b"".join((_RESPONSE_ENVELOPE, head, b"\n", *capture.chunks)))
 
 
 def outcome_for_abandoned(
@@ -586,6 +623,8 @@ def outcome_for_abandoned(
 
 def read_stored(data: bytes, *, key: str, scope: str) -> StoredResponse:
     """The kept response, or OutcomeNotStoredError if the first one was not kept."""
+    if data.startswith(_RESPONSE_ENVELOPE):  # a kept response: no copy of it to unwrap
+        return decode_response(data, len(_RESPONSE_ENVELOPE))
     kept = outcomes.replayed(RESPONSE_SERIALIZER, data, scope=scope, key=key, what="response")
     return decode_response(kept)
 
@@ -614,11 +653,18 @@ PASS = Pass()
 
 @dataclass(frozen=True, slots=True)
 class Respond:
-    """Answer this instead of running the app: a replay, or a problem+json refusal."""
+    """Answer this instead of running the app: a replay, or a problem+json refusal.
+
+    A replay may be shared by every request that replays the same outcome: an adapter hands
+    the server a copy of ``headers``, never the list itself. ``raw_headers``, when set, are the
+    same headers encoded (latin-1), for an adapter that sends bytes (ASGI)."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    raw_headers: tuple[tuple[bytes, bytes], ...] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
