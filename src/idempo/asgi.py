@@ -87,15 +87,8 @@ class IdempotencyMiddleware:
     ) -> None:
         client_gone = False
 
-        async def forward(message: Message) -> None:
-            nonlocal client_gone
-            try:
-                await send(message)
-            except BaseException:
-                client_gone = True
-                raise
-
         async def send_wrapper(message: Message) -> None:
+            nonlocal client_gone
             kind = message["type"]
             if kind == "http.response.start":
                 recorder.start(
@@ -111,7 +104,11 @@ class IdempotencyMiddleware:
                     # The last chunk: record the outcome before the client can see the end of
                     # the response, so that a client that got it and retries is replayed.
                     await recorder.finish()
-            await forward(message)
+            try:
+                await send(message)
+            except BaseException:
+                client_gone = True  # the app answered; the client did not take it
+                raise
 
         try:
             await self.app(scope, receive, send_wrapper)

@@ -413,7 +413,32 @@ def _refuse_constant(name: str) -> Any:
 # Numbers are canonicalized while parsing, so the parsed document is already in canonical form
 # and is hashed without a second walk (this runs on every guarded request).
 _decode_json = json.JSONDecoder(parse_float=_json_number, parse_constant=_refuse_constant).decode
-_canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _compact_json(*, sort_keys: bool, ensure_ascii: bool) -> Callable[[Any], str]:
+    """``json.JSONEncoder(separators=(",", ":"), ...).encode``, the same text, without the C
+    encoder that ``encode`` builds on every call (this runs twice on every new key). No
+    circular check: what it encodes is parsed JSON or header pairs (a cycle would end in
+    RecursionError)."""
+    encoder = json.JSONEncoder(
+        sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ensure_ascii
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - a Python without the _json accelerator
+        return encoder.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    chunks = make(None, encoder.default, strings, None, ":", ",", sort_keys, False, True)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_canonical_text = _compact_json(sort_keys=True, ensure_ascii=False)
 
 
 # The string encoder of _canonical_text (ensure_ascii=False), to spell the outer document's
@@ -468,7 +493,7 @@ class StoredResponse:
 
 
 # Built once: json.dumps with non-default arguments builds a new encoder on every call.
-_head_text = json.JSONEncoder(separators=(",", ":")).encode
+_head_text = _compact_json(sort_keys=False, ensure_ascii=True)
 _head_decode = json.JSONDecoder().decode
 
 
