@@ -245,3 +245,31 @@ def test_a_replay_hands_the_server_a_list_of_its_own() -> None:
     for headers in seen[1:]:
         assert ("idempotent-replayed", "true") in headers
         assert ("X-Server", "added") not in headers
+
+
+def test_a_replay_keeps_a_header_value_that_is_not_latin_1() -> None:
+    """A kept header the replay cannot pre-encode as bytes (Django encodes such values itself)
+    is replayed as the str it was, not refused."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("X-Sym", "\u20ac")])
+        return [b"{}"]
+
+    middleware = IdempotencyMiddleware(app, store="memory://")
+    seen: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(list(headers))
+        return lambda data: None
+
+    for _ in range(2):
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/charges",
+            "HTTP_IDEMPOTENCY_KEY": '"k"',
+            "CONTENT_LENGTH": "2",
+            "wsgi.input": io.BytesIO(b"{}"),
+        }
+        b"".join(middleware(environ, start_response))
+    assert ("X-Sym", "\u20ac") in seen[1]
+    assert ("idempotent-replayed", "true") in seen[1]

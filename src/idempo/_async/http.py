@@ -215,12 +215,7 @@ class AsyncHttpFront:
                     observer.outcome("not_stored", principal, key, error=exc)
                 return problem(exc, instance=path, type_base=self.config.problem_type_base)
             headers = replay_headers(stored)
-            response = Respond(
-                stored.status,
-                headers,
-                stored.body,
-                tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
-            )
+            response = Respond(stored.status, headers, stored.body, _encoded(headers))
             if cacheable:
                 if len(self._replays) >= _REPLAY_CACHE_SIZE:
                     self._replays.clear()
@@ -234,3 +229,12 @@ class AsyncHttpFront:
                 observer.outcome("replayed", principal, key, headers=headers)
                 return Respond(response.status, headers, response.body)
         return response
+
+
+def _encoded(headers: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The headers as bytes (latin-1), or None if one is not latin-1: a framework that takes
+    str headers (Django encodes such values itself) gets them as they are."""
+    try:
+        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    except UnicodeEncodeError:
+        return None
