@@ -288,3 +288,49 @@ def test_the_release_of_an_unknown_claim_is_retried_while_the_store_is_down() ->
         assert time.monotonic() < deadline, "the unknown claim was never released"
         time.sleep(0.05)
     assert store.down == 0
+
+
+async def test_async_blocks_started_together_share_one_timer_for_their_first_beat() -> None:
+    """Periodic blocks entered close together schedule one timer between them, not one each
+    (a guarded HTTP request enters one): each still gets its first beat within its interval
+    and keeps beating after it, and a block that ended before its beat is never called."""
+    from idempo._primitives import async_periodic
+
+    loop = asyncio.get_running_loop()
+    scheduled: list[float] = []
+    call_at, call_later = loop.call_at, loop.call_later
+
+    def counting_call_at(when: float, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(when)
+        return call_at(when, *args, **kwargs)
+
+    def counting_call_later(delay: float, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(loop.time() + delay)
+        return call_later(delay, *args, **kwargs)
+
+    beats = {name: 0 for name in ("a", "b", "c", "gone")}
+
+    def beat(name: str) -> Any:
+        async def fn() -> None:
+            beats[name] += 1
+
+        return fn
+
+    interval = 0.15
+    loop.call_at, loop.call_later = counting_call_at, counting_call_later  # type: ignore[method-assign]
+    try:
+        blocks = {name: async_periodic(beat(name), interval) for name in beats}
+        started = loop.time()
+        for block in blocks.values():
+            await block.__aenter__()
+        assert len(scheduled) == 1  # one timer for the four first beats
+        await blocks["gone"].__aexit__(None, None, None)
+        await asyncio.sleep(interval + 0.05)
+        assert beats == {"a": 1, "b": 1, "c": 1, "gone": 0}
+        await asyncio.sleep(interval)
+        for name in ("a", "b", "c"):
+            await blocks[name].__aexit__(None, None, None)
+    finally:
+        del loop.call_at, loop.call_later  # the loop's own methods again
+    assert beats["a"] == beats["b"] == beats["c"] == 2
+    assert interval * 2 / 3 <= scheduled[0] - started <= interval + 0.01

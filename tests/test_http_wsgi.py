@@ -213,3 +213,63 @@ def test_app_sees_a_fresh_input_and_script_name_counts_in_the_path() -> None:
     call(middleware, b"x", key="in2", SCRIPT_NAME="/mounted", PATH_INFO=path)
     call(middleware, b"x", key="in2", SCRIPT_NAME="/mounted", PATH_INFO=path)
     assert len(seen) == 3  # the disabled route passed both through
+
+
+def test_a_replay_hands_the_server_a_list_of_its_own() -> None:
+    """A server may add to the header list start_response gets (wsgiref adds Content-Length);
+    replays of one outcome share its decoding, so each must get a copy."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("X-A", "1")])
+        return [b"{}"]
+
+    middleware = IdempotencyMiddleware(app, store="memory://")
+    seen: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(list(headers))
+        if ("idempotent-replayed", "true") in headers:
+            headers.append(("X-Server", "added"))  # in place, as a server may
+        return lambda data: None
+
+    for _ in range(3):
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/charges",
+            "HTTP_IDEMPOTENCY_KEY": '"k"',
+            "CONTENT_LENGTH": "2",
+            "wsgi.input": io.BytesIO(b"{}"),
+        }
+        b"".join(middleware(environ, start_response))
+    assert len(seen) == 3
+    for headers in seen[1:]:
+        assert ("idempotent-replayed", "true") in headers
+        assert ("X-Server", "added") not in headers
+
+
+def test_a_replay_keeps_a_header_value_that_is_not_latin_1() -> None:
+    """A kept header the replay cannot pre-encode as bytes (Django encodes such values itself)
+    is replayed as the str it was, not refused."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("X-Sym", "\u20ac")])
+        return [b"{}"]
+
+    middleware = IdempotencyMiddleware(app, store="memory://")
+    seen: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append(list(headers))
+        return lambda data: None
+
+    for _ in range(2):
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/charges",
+            "HTTP_IDEMPOTENCY_KEY": '"k"',
+            "CONTENT_LENGTH": "2",
+            "wsgi.input": io.BytesIO(b"{}"),
+        }
+        b"".join(middleware(environ, start_response))
+    assert ("X-Sym", "\u20ac") in seen[1]
+    assert ("idempotent-replayed", "true") in seen[1]

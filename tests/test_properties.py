@@ -432,3 +432,28 @@ def test_tagged_types_and_dollar_keys_do_not_collide() -> None:
     loop.append(loop)
     with pytest.raises(FingerprintError, match="contains itself"):
         fingerprint(loop)
+
+
+@given(
+    st.sampled_from(["post", "PATCH", "pOsT"]),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+    st.lists(st.tuples(st.text(max_size=5), st.text(max_size=5)), max_size=3),
+    http_json_values,
+)
+def test_request_fingerprint_spells_method_path_and_query_canonically(
+    method: str, path: str, query: list[tuple[str, str]], value: Any
+) -> None:
+    """The HTTP fast path builds the outer document by hand: any path (quotes, backslashes,
+    control characters, non-ASCII) and query give the general canonicalizer's fingerprint."""
+    from urllib.parse import parse_qsl, urlencode
+
+    from idempo.core.http import fingerprint_request
+
+    raw_query = urlencode(query)
+    canonical_query = (
+        urlencode(sorted(parse_qsl(raw_query, keep_blank_values=True))) if raw_query else ""
+    )
+    body = json.dumps(value).encode()
+    request = {"method": method.upper(), "path": path, "query": canonical_query}
+    expected = fingerprint({**request, "body": {"json": value}})
+    assert fingerprint_request(method, path, raw_query, body, "application/json") == expected

@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -128,10 +129,15 @@ class ShieldCancellation:
 
 
 class _AsyncPeriodic:
-    """The context manager of :func:`async_periodic`: a timer callback (``call_later``), not a
-    task, until a beat is due, since almost every block ends long before its first beat."""
+    """The context manager of :func:`async_periodic`: no timer of its own until its first beat
+    is due, since almost every block ends long before that. Blocks that start close together
+    share one timer for their first beat (a :class:`_FirstBeats`): entering and leaving such a
+    block is a set insert and a discard, not a timer scheduled and cancelled on the event loop
+    (on every guarded HTTP request). Its first beat comes at most ``interval`` after the block
+    started (at least two thirds of it); later beats every ``interval``, on a timer of its own.
+    """
 
-    __slots__ = ("_fatal", "_fn", "_handle", "_interval", "_loop", "_stopped", "_task")
+    __slots__ = ("_fatal", "_first", "_fn", "_handle", "_interval", "_loop", "_stopped", "_task")
 
     def __init__(
         self,
@@ -144,14 +150,17 @@ class _AsyncPeriodic:
         self._fatal = fatal
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._first: _FirstBeats | None = None
         self._stopped = False
 
     async def __aenter__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(self._interval, self._due)
+        loop = self._loop = asyncio.get_running_loop()
+        self._first = _FirstBeats.join(self, loop, self._interval)
 
     def _due(self) -> None:
-        self._task = self._loop.create_task(self._beat())
+        self._handle = None
+        if not self._stopped:
+            self._task = self._loop.create_task(self._beat())
 
     async def _beat(self) -> None:
         try:
@@ -166,12 +175,55 @@ class _AsyncPeriodic:
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopped = True
+        first, self._first = self._first, None
+        if first is not None:
+            first.members.discard(self)
         if self._handle is not None:
             self._handle.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class _FirstBeats:
+    """One timer for the first beat of every periodic block that started within a third of
+    ``interval`` of each other, on one event loop. The module keeps a weak reference to the
+    newest one (the loop's timer holds it while it is armed), so an idle process holds none."""
+
+    __slots__ = ("__weakref__", "interval", "loop", "members", "opened")
+
+    _newest: Callable[[], _FirstBeats | None] = staticmethod(lambda: None)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, now: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.opened = now
+        self.members: set[_AsyncPeriodic] = set()
+        loop.call_at(now + interval, self._fire)
+
+    @classmethod
+    def join(
+        cls, member: _AsyncPeriodic, loop: asyncio.AbstractEventLoop, interval: float
+    ) -> _FirstBeats:
+        now = loop.time()
+        group = cls._newest()
+        if (
+            group is None
+            or group.loop is not loop
+            or group.interval != interval
+            or now - group.opened > interval / 3
+        ):
+            group = cls(loop, interval, now)
+            cls._newest = weakref.ref(group)
+        group.members.add(member)
+        return group
+
+    def _fire(self) -> None:
+        members, self.members = self.members, set()
+        for member in members:
+            member._first = None
+            member._due()
 
 
 def async_periodic(

@@ -88,15 +88,8 @@ class IdempotencyMiddleware:
     ) -> None:
         client_gone = False
 
-        async def forward(message: Message) -> None:
-            nonlocal client_gone
-            try:
-                await send(message)
-            except BaseException:
-                client_gone = True
-                raise
-
         async def send_wrapper(message: Message) -> None:
+            nonlocal client_gone
             kind = message["type"]
             if kind == "http.response.start":
                 recorder.start(
@@ -112,7 +105,11 @@ class IdempotencyMiddleware:
                     # The last chunk: record the outcome before the client can see the end of
                     # the response, so that a client that got it and retries is replayed.
                     await recorder.finish()
-            await forward(message)
+            try:
+                await send(message)
+            except BaseException:
+                client_gone = True  # the app answered; the client did not take it
+                raise
 
         try:
             await self.app(scope, receive, send_wrapper)
@@ -195,11 +192,15 @@ def _replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send(send: Send, response: Respond) -> None:
+    raw = response.raw_headers
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
+            # A new list every time: a middleware further out may edit it in place.
+            "headers": list(raw)
+            if raw is not None
+            else [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
         }
     )
     await send({"type": "http.response.body", "body": response.body})

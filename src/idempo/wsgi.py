@@ -243,5 +243,7 @@ def status_line(code: int) -> str:
 
 def respond(start_response: StartResponse, response: Respond) -> list[bytes]:
     """Answer ``response`` (a replay or a problem) instead of running the app."""
-    start_response(status_line(response.status), response.headers)
+    # A copy: a server may add to the list it is given (wsgiref adds Content-Length), and a
+    # replay's response is shared between requests.
+    start_response(status_line(response.status), list(response.headers))
     return [response.body]

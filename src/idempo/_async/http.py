@@ -65,6 +65,11 @@ __all__ = ["AsyncHttpFront", "AsyncRecorder", "AsyncRequest", "default_scope"]
 
 log = logging.getLogger("idempo")
 
+# Replays decoded once per outcome (see AsyncHttpFront._replay): outcomes up to this size, this
+# many at most per front (emptied when full), so a few MiB at worst.
+_REPLAY_CACHE_BYTES = 16 * 1024
+_REPLAY_CACHE_SIZE = 128
+
 
 class AsyncRequest(Protocol):
     """What the front needs of a framework's request; each adapter implements it."""
@@ -139,7 +144,7 @@ def default_scope(cookies: Iterable[str]) -> Callable[[Mapping[str, str]], str]:
 class AsyncHttpFront:
     """The request algorithm over one store, with one adapter's options (see the module)."""
 
-    __slots__ = ("config", "engine", "policy", "scope_fn", "store")
+    __slots__ = ("_replays", "config", "engine", "policy", "scope_fn", "store")
 
     def __init__(self, store: AsyncStore, options: HttpOptions) -> None:
         check_options(options)
@@ -162,6 +167,7 @@ class AsyncHttpFront:
         #: through which a delete is seen by the cache at once.
         self.store: AsyncStore = store if cache is None else AsyncCachedStore(store, cache)
         self.engine = AsyncEngine(self.store, observer)
+        self._replays: dict[bytes, Respond] = {}
 
     async def admit(self, request: AsyncRequest) -> Pass | Respond | Drop | AsyncRecorder:
         """What to do with ``request``. An AsyncRecorder means: run the app with its
@@ -195,17 +201,47 @@ class AsyncHttpFront:
         except IdempoError as exc:
             return problem(exc, instance=path, type_base=config.problem_type_base)
         if isinstance(decision, Replay):
-            try:
-                stored = read_stored(decision.outcome, key=key, scope=principal)
-            except IdempoError as exc:  # not kept, or unreadable
-                if isinstance(exc, OutcomeNotStoredError) and self.engine.observer is not None:
-                    self.engine.observer.outcome("not_stored", principal, key, error=exc)
-                return problem(exc, instance=path, type_base=config.problem_type_base)
-            replayed = replay_headers(stored)
-            if self.engine.observer is not None:  # hooks may add to the replayed headers
-                self.engine.observer.outcome("replayed", principal, key, headers=replayed)
-            return Respond(stored.status, replayed, stored.body)
+            return self._replay(decision.outcome, principal, key, path)
         if isinstance(decision, Reject):
             return problem(decision.error, instance=path, type_base=config.problem_type_base)
         await decision.start_heartbeat()
         return AsyncRecorder(decision, config, body)
+
+    def _replay(self, outcome: bytes, principal: str, key: str, path: str) -> Respond:
+        """The replay of ``outcome`` (a problem if it was not kept). Decoded once per outcome:
+        a small one's replay is memoised (a pure function of its bytes; the store is still
+        asked on every request, so a deleted or expired key is never replayed from here)."""
+        cacheable = len(outcome) <= _REPLAY_CACHE_BYTES
+        response = self._replays.get(outcome) if cacheable else None
+        if response is None:
+            try:
+                stored = read_stored(outcome, key=key, scope=principal)
+            except IdempoError as exc:  # not kept, or unreadable
+                observer = self.engine.observer
+                if isinstance(exc, OutcomeNotStoredError) and observer is not None:
+                    observer.outcome("not_stored", principal, key, error=exc)
+                return problem(exc, instance=path, type_base=self.config.problem_type_base)
+            headers = replay_headers(stored)
+            response = Respond(stored.status, headers, stored.body, _encoded(headers))
+            if cacheable:
+                if len(self._replays) >= _REPLAY_CACHE_SIZE:
+                    self._replays.clear()
+                self._replays[outcome] = response
+        observer = self.engine.observer
+        if observer is not None:
+            if observer.hooks is None:
+                observer.outcome("replayed", principal, key)
+            else:  # hooks may add to the replayed headers: this request's own copy
+                headers = list(response.headers)
+                observer.outcome("replayed", principal, key, headers=headers)
+                return Respond(response.status, headers, response.body)
+        return response
+
+
+def _encoded(headers: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The headers as bytes (latin-1), or None if one is not latin-1: a framework that takes
+    str headers (Django encodes such values itself) gets them as they are."""
+    try:
+        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    except UnicodeEncodeError:
+        return None

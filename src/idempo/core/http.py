@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 from urllib.parse import parse_qsl, urlencode
 
@@ -420,7 +420,37 @@ def _refuse_constant(name: str) -> Any:
 # Numbers are canonicalized while parsing, so the parsed document is already in canonical form
 # and is hashed without a second walk (this runs on every guarded request).
 _decode_json = json.JSONDecoder(parse_float=_json_number, parse_constant=_refuse_constant).decode
-_canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _compact_json(*, sort_keys: bool, ensure_ascii: bool) -> Callable[[Any], str]:
+    """``json.JSONEncoder(separators=(",", ":"), ...).encode``, the same text, without the C
+    encoder that ``encode`` builds on every call (this runs twice on every new key). No
+    circular check: what it encodes is parsed JSON or header pairs (a cycle would end in
+    RecursionError)."""
+    encoder = json.JSONEncoder(
+        sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ensure_ascii
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - a Python without the _json accelerator
+        return encoder.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    chunks = make(None, encoder.default, strings, None, ":", ",", sort_keys, False, True)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_canonical_text = _compact_json(sort_keys=True, ensure_ascii=False)
+
+
+# The string encoder of _canonical_text (ensure_ascii=False), to spell the outer document's
+# strings the same way when it is built by concatenation.
+_json_string = json.encoder.encode_basestring
 
 
 def fingerprint_request(
@@ -430,19 +460,36 @@ def fingerprint_request(
     same document serialized differently gets the same fingerprint. A body that claims to be
     JSON but is not (or holds NaN, Infinity, lone surrogates) is fingerprinted by its bytes:
     never an error, since it is the application's to refuse."""
-    request: dict[str, Any] = {
-        "method": method.upper(),
-        "path": path,
-        "query": urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else "",
-    }
-    media = (content_type or "").split(";")[0].strip().lower()
-    if body and (media == "application/json" or media.endswith("+json")):
-        try:
-            text = _canonical_text({**request, "body": {"json": _decode_json(body.decode())}})
-            return hashlib.sha256(text.encode()).hexdigest()
-        except (ValueError, UnicodeError, RecursionError):
-            pass
-    return fingerprint({**request, "body": {"sha256": hashlib.sha256(body).hexdigest()}})
+    method = method.upper()
+    query = urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else ""
+    if body and content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media == "application/json" or media.endswith("+json"):
+            try:
+                # The canonical text of {"body": {"json": doc}, "method":, "path":, "query":}
+                # (keys sorted), spelled out: the parsed document is canonical already.
+                text = (
+                    '{"body":{"json":'
+                    + _canonical_text(_decode_json(body.decode()))
+                    + '},"method":'
+                    + _json_string(method)
+                    + ',"path":'
+                    + _json_string(path)
+                    + ',"query":'
+                    + _json_string(query)
+                    + "}"
+                )
+                return hashlib.sha256(text.encode()).hexdigest()
+            except (ValueError, UnicodeError, RecursionError):
+                pass
+    return fingerprint(
+        {
+            "method": method,
+            "path": path,
+            "query": query,
+            "body": {"sha256": hashlib.sha256(body).hexdigest()},
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +497,17 @@ class StoredResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+# Built once: json.dumps with non-default arguments builds a new encoder on every call.
+_head_text = _compact_json(sort_keys=False, ensure_ascii=True)
+_head_decode = json.JSONDecoder().decode
+
+
+def _head(status: int, headers: Iterable[tuple[str, str]], headers_kept: HeaderFilter) -> bytes:
+    keeps = headers_kept.keeps
+    kept = [(k, v) for k, v in headers if keeps(k)]
+    return _head_text({"status": status, "headers": kept}).encode()
 
 
 def encode_response(
@@ -460,15 +518,17 @@ def encode_response(
 ) -> bytes:
     """A response as kept in the store: a JSON head line, then the body bytes. Only the headers
     ``headers_kept`` keeps are stored (never cookies, hop-by-hop, or secrets by default)."""
-    keeps = headers_kept.keeps
-    kept = [(k, v) for k, v in headers if keeps(k)]
-    head = json.dumps({"status": status, "headers": kept}, separators=(",", ":"))
-    return head.encode() + b"\n" + body
+    return b"".join((_head(status, headers, headers_kept), b"\n", body))
 
 
-def decode_response(data: bytes) -> StoredResponse:
-    head, _, body = data.partition(b"\n")
-    meta = json.loads(head)
+def decode_response(data: bytes, start: int = 0) -> StoredResponse:
+    """The response :func:`encode_response` wrote (from ``start`` in ``data``)."""
+    end = data.find(b"\n", start)
+    if end < 0:
+        head, body = data[start:], b""
+    else:
+        head, body = data[start:end], data[end + 1 :]
+    meta = _head_decode(head.decode())
     return StoredResponse(meta["status"], [(k, v) for k, v in meta["headers"]], body)
 
 
@@ -530,6 +590,9 @@ class _ResponseBytes:
 
 RESPONSE_SERIALIZER = _ResponseBytes()
 
+# The outcome envelope of every kept response, before its bytes (outcomes.encode_value's).
+_RESPONSE_ENVELOPE = outcomes.encode_value(RESPONSE_SERIALIZER, b"")
+
 
 class ResponseCapture:
     """A response as it passes through an adapter: status, headers, body up to a limit."""
@@ -566,10 +629,9 @@ def outcome_for(config: HttpConfig, capture: ResponseCapture) -> Keep | Release:
     if capture.size > capture.limit:
         reason = f"response too large to keep: {capture.size} bytes, the limit is {capture.limit}"
         return Keep(outcomes.encode_not_stored(reason))
-    encoded = encode_response(
-        capture.status, capture.headers, b"".join(capture.chunks), config.headers_kept
-    )
-    return Keep(outcomes.encode_value(RESPONSE_SERIALIZER, encoded))
+    # outcomes.encode_value(RESPONSE_SERIALIZER, encode_response(...)), in one join.
+    head = _head(capture.status, capture.headers, config.headers_kept)
+    return Keep(b"".join((_RESPONSE_ENVELOPE, head, b"\n", *capture.chunks)))
 
 
 def outcome_for_abandoned(
@@ -593,6 +655,8 @@ def outcome_for_abandoned(
 
 def read_stored(data: bytes, *, key: str, scope: str) -> StoredResponse:
     """The kept response, or OutcomeNotStoredError if the first one was not kept."""
+    if data.startswith(_RESPONSE_ENVELOPE):  # a kept response: no copy of it to unwrap
+        return decode_response(data, len(_RESPONSE_ENVELOPE))
     kept = outcomes.replayed(RESPONSE_SERIALIZER, data, scope=scope, key=key, what="response")
     return decode_response(kept)
 
@@ -621,11 +685,18 @@ PASS = Pass()
 
 @dataclass(frozen=True, slots=True)
 class Respond:
-    """Answer this instead of running the app: a replay, or a problem+json refusal."""
+    """Answer this instead of running the app: a replay, or a problem+json refusal.
+
+    A replay may be shared by every request that replays the same outcome: an adapter hands
+    the server a copy of ``headers``, never the list itself. ``raw_headers``, when set, are the
+    same headers encoded (latin-1), for an adapter that sends bytes (ASGI)."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    raw_headers: tuple[tuple[bytes, bytes], ...] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

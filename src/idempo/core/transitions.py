@@ -9,7 +9,6 @@ that every store agrees with it.
 from __future__ import annotations
 
 import enum
-from dataclasses import replace
 
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
 from idempo.errors import LeaseLostError
@@ -49,7 +48,30 @@ def live(record: Record | None, now: float) -> Record | None:
 def public(record: Record | None, now: float) -> Record | None:
     """The live record as shown to anyone but its holder: without the fencing token."""
     record = live(record, now)
-    return None if record is None else replace(record, token=None)
+    return None if record is None else _without_token(record)
+
+
+# Records are built with their constructor, field by field, rather than dataclasses.replace:
+# these run on every claim and completion of the stores that decide in Python, and replace()
+# costs twice the constructor (it inspects the fields on every call).
+
+
+def _without_token(r: Record) -> Record:
+    """``r`` as shown to anyone but its holder."""
+    if r.token is None:
+        return r
+    return Record(
+        r.scope,
+        r.key,
+        r.fingerprint,
+        r.state,
+        None,
+        r.lease_until,
+        r.outcome,
+        r.created_at,
+        r.expires_at,
+        r.recovery_point,
+    )
 
 
 def claim(
@@ -82,20 +104,26 @@ def claim(
     # over a crashed holder's claim with another request would mix two operations' effects.
     # Only the holder ever sees its token: answers to anyone else carry none.
     if current.fingerprint != fingerprint:
-        return ClaimResult(ClaimStatus.MISMATCH, replace(current, token=None), now), None
+        return ClaimResult(ClaimStatus.MISMATCH, _without_token(current), now), None
     if current.state is State.COMPLETED:
         return ClaimResult(ClaimStatus.COMPLETED, current, now), None
     assert current.lease_until is not None
     if current.lease_until > now:
-        return ClaimResult(ClaimStatus.IN_PROGRESS, replace(current, token=None), now), None
+        return ClaimResult(ClaimStatus.IN_PROGRESS, _without_token(current), now), None
     # The holder's lease ran out: it crashed or stalled. Take over with a fresh token, so that
     # the stale holder, should it wake up, can no longer complete (fencing). Keep the recovery
     # point: a multi-step operation resumes where the crashed holder left it.
-    taken = replace(
-        current,
-        token=token,
-        lease_until=now + lease,
-        expires_at=max(current.expires_at, now + lease),
+    taken = Record(
+        current.scope,
+        current.key,
+        current.fingerprint,
+        current.state,
+        token,
+        now + lease,
+        current.outcome,
+        current.created_at,
+        max(current.expires_at, now + lease),
+        current.recovery_point,
     )
     return ClaimResult(ClaimStatus.ACQUIRED, taken, now, takeover=True), taken
 
@@ -117,13 +145,17 @@ def complete(
 ) -> Record:
     """The completed record, or LeaseLostError if ``token`` does not hold the claim."""
     held = require_holder(current, token, now)
-    return replace(
-        held,
-        state=State.COMPLETED,
-        token=None,
-        lease_until=None,
-        outcome=outcome,
-        expires_at=now + ttl,
+    return Record(
+        held.scope,
+        held.key,
+        held.fingerprint,
+        State.COMPLETED,
+        None,
+        None,
+        outcome,
+        held.created_at,
+        now + ttl,
+        held.recovery_point,
     )
 
 
@@ -138,9 +170,15 @@ def extend(
     """The record with its lease moved to ``now + lease`` (and a new recovery point, if given)."""
     held = require_holder(current, token, now)
     lease_until = now + lease
-    return replace(
-        held,
-        lease_until=lease_until,
-        expires_at=max(held.expires_at, lease_until),
-        recovery_point=held.recovery_point if recovery_point is None else recovery_point,
+    return Record(
+        held.scope,
+        held.key,
+        held.fingerprint,
+        held.state,
+        held.token,
+        lease_until,
+        held.outcome,
+        held.created_at,
+        max(held.expires_at, lease_until),
+        held.recovery_point if recovery_point is None else recovery_point,
     )

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from idempo.core.records import Record, State
+from idempo.core import transitions
+from idempo.core.records import ClaimResult, Record, State
 from idempo.stores import _scan
 from idempo.stores._threaded import SyncStoreAsAsync
 from idempo.stores._transitional import TransitionalStore
@@ -63,6 +64,51 @@ class MemoryStore(TransitionalStore[bool]):
     def _remove(self, h: bool, operation: str, scope: str, key: str) -> None:
         self._sorted = None
         del self._records[scope, key]
+
+    # -- the hot operations, written out ------------------------------------------------------
+    # The same lines as TransitionalStore's (load, transition, save under the lock), without its
+    # hook calls and context manager: this store's whole cost is Python calls, and these three
+    # run on every new key and replay (the conformance suite holds them to the same contract).
+
+    def claim(
+        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
+    ) -> ClaimResult:
+        with self._lock:
+            current = self._records.get((scope, key))
+            result, write = transitions.claim(
+                current,
+                scope=scope,
+                key=key,
+                fingerprint=fingerprint,
+                token=token,
+                now=self._clock(),
+                lease=lease,
+                ttl=ttl,
+            )
+            if write is not None:
+                if current is None:
+                    self._sorted = None
+                self._records[scope, key] = write
+            return result
+
+    def complete(self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float) -> None:
+        with self._lock:
+            self._records[scope, key] = transitions.complete(
+                self._records.get((scope, key)),
+                token=token,
+                outcome=outcome,
+                now=self._clock(),
+                ttl=ttl,
+            )
+
+    def release(self, scope: str, key: str, token: str) -> bool:
+        with self._lock:
+            current = transitions.live(self._records.get((scope, key)), self._clock())
+            if current is None or current.token != token:
+                return False
+            self._sorted = None
+            del self._records[scope, key]
+            return True
 
     def purge_expired(self, limit: int = 1000) -> int:
         with self._lock:
@@ -120,10 +166,29 @@ class MemoryStore(TransitionalStore[bool]):
 
 
 class AsyncMemoryStore(SyncStoreAsAsync):
-    """The memory store, awaited. Its lock is held for microseconds, so it runs inline."""
+    """The memory store, awaited. Its lock is held for microseconds, so it runs inline: the
+    lifecycle's operations call it directly (no hop through ``_run``)."""
+
+    sync_store: MemoryStore
 
     def __init__(self, store: MemoryStore | None = None) -> None:
         super().__init__(store if store is not None else MemoryStore(), offload=False)
+
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, token: str, *, lease: float, ttl: float
+    ) -> ClaimResult:
+        return self.sync_store.claim(scope, key, fingerprint, token, lease=lease, ttl=ttl)
+
+    async def complete(
+        self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
+    ) -> None:
+        self.sync_store.complete(scope, key, token, outcome, ttl=ttl)
+
+    async def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
+        return self.sync_store.extend(scope, key, token, lease=lease)
+
+    async def release(self, scope: str, key: str, token: str) -> bool:
+        return self.sync_store.release(scope, key, token)
 
 
 def open_sync(url: str, **options: Any) -> MemoryStore:
