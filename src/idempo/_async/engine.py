@@ -252,17 +252,28 @@ class AsyncEngine:
     With an ``observer`` (:mod:`idempo.observe`), every outcome is reported to it, and the
     store's round trips are measured when OpenTelemetry is installed."""
 
-    __slots__ = ("observer", "store")
+    __slots__ = ("_measuring", "_observed", "observer", "store")
 
     def __init__(self, store: AsyncStore, observer: Observer | None = None) -> None:
         # An observer with nothing to report to (no OpenTelemetry, no hooks) is dropped here,
         # so that it costs nothing at all.
         self.observer = observer if observer is not None and observer.active else None
-        self.store: AsyncStore = (
-            AsyncObservedStore(store, observer)
-            if observer is not None and observer.telemetry_installed
-            else store
-        )
+        self.store = store
+        # With opentelemetry-api installed, round trips are measured through the observed
+        # wrapper, chosen per execution (at acquire) while an SDK records: without one, the
+        # execution's calls go straight to the store, with no wrapper call in between.
+        self._observed: AsyncObservedStore | None = None
+        self._measuring: Callable[[], bool] | None = None
+        if observer is not None and observer.telemetry_installed:
+            self._observed = AsyncObservedStore(store, observer)
+            self._measuring = self._observed.measuring
+
+    def _store(self) -> AsyncStore:
+        """The store one execution talks to: the observed wrapper while an SDK records."""
+        if self._measuring is not None and self._measuring():
+            assert self._observed is not None
+            return self._observed
+        return self.store
 
     async def acquire(
         self, scope: str, key: str, fingerprint: str, policy: Policy
@@ -274,19 +285,22 @@ class AsyncEngine:
         failures raise (StoreUnavailableError, StoreError).
         """
         token = urandom(16).hex()  # secrets.token_hex(16), two calls fewer on every claim
+        store = self._store()
         # The clock matters only to a caller willing to wait for an in-flight duplicate.
         started = time.monotonic() if policy.wait else 0.0
         attempt = 0
         while True:
             try:
-                result = await self.store.claim(
+                result = await store.claim(
                     scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
                 )
             except StoreUnavailableError as exc:
                 # What was lost may be the reply: the claim may be written, under our token.
                 # Release it, or the key stays blocked for a whole lease with nothing running:
                 # in the background, so that the caller hears of the failure within one timeout.
-                async_spawn(lambda: self._release_unknown_claim(scope, key, token, policy.lease))
+                async_spawn(
+                    lambda: self._release_unknown_claim(store, scope, key, token, policy.lease)
+                )
                 if self.observer is not None:
                     self.observer.outcome("store_unavailable", scope, key, error=exc)
                 raise
@@ -303,7 +317,7 @@ class AsyncEngine:
                         if self.observer is not None:
                             self.observer.takeover(scope, key)
                     return AsyncHeld(
-                        self.store,
+                        store,
                         scope,
                         key,
                         decision.token,
@@ -327,7 +341,9 @@ class AsyncEngine:
                     await async_sleep(decision.delay)
                     attempt += 1
 
-    async def _release_unknown_claim(self, scope: str, key: str, token: str, lease: float) -> None:
+    async def _release_unknown_claim(
+        self, store: AsyncStore, scope: str, key: str, token: str, lease: float
+    ) -> None:
         """Best effort. A store that is still down is asked again, with backoff, until the
         claim's lease would have run out anyway: a stalled server may run the queued claim only
         once it resumes. A claim that was never written has nothing to release."""
@@ -335,7 +351,7 @@ class AsyncEngine:
         deadline = time.monotonic() + lease
         while True:
             try:
-                await self.store.release(scope, key, token)
+                await store.release(scope, key, token)
                 return
             except StoreUnavailableError:
                 if time.monotonic() + delay >= deadline:

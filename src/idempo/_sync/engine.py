@@ -253,17 +253,28 @@ class Engine:
     With an ``observer`` (:mod:`idempo.observe`), every outcome is reported to it, and the
     store's round trips are measured when OpenTelemetry is installed."""
 
-    __slots__ = ("observer", "store")
+    __slots__ = ("_measuring", "_observed", "observer", "store")
 
     def __init__(self, store: Store, observer: Observer | None = None) -> None:
         # An observer with nothing to report to (no OpenTelemetry, no hooks) is dropped here,
         # so that it costs nothing at all.
         self.observer = observer if observer is not None and observer.active else None
-        self.store: Store = (
-            ObservedStore(store, observer)
-            if observer is not None and observer.telemetry_installed
-            else store
-        )
+        self.store = store
+        # With opentelemetry-api installed, round trips are measured through the observed
+        # wrapper, chosen per execution (at acquire) while an SDK records: without one, the
+        # execution's calls go straight to the store, with no wrapper call in between.
+        self._observed: ObservedStore | None = None
+        self._measuring: Callable[[], bool] | None = None
+        if observer is not None and observer.telemetry_installed:
+            self._observed = ObservedStore(store, observer)
+            self._measuring = self._observed.measuring
+
+    def _store(self) -> Store:
+        """The store one execution talks to: the observed wrapper while an SDK records."""
+        if self._measuring is not None and self._measuring():
+            assert self._observed is not None
+            return self._observed
+        return self.store
 
     def acquire(
         self, scope: str, key: str, fingerprint: str, policy: Policy
@@ -275,19 +286,22 @@ class Engine:
         failures raise (StoreUnavailableError, StoreError).
         """
         token = urandom(16).hex()  # secrets.token_hex(16), two calls fewer on every claim
+        store = self._store()
         # The clock matters only to a caller willing to wait for an in-flight duplicate.
         started = time.monotonic() if policy.wait else 0.0
         attempt = 0
         while True:
             try:
-                result = self.store.claim(
+                result = store.claim(
                     scope, key, fingerprint, token, lease=policy.lease, ttl=policy.ttl
                 )
             except StoreUnavailableError as exc:
                 # What was lost may be the reply: the claim may be written, under our token.
                 # Release it, or the key stays blocked for a whole lease with nothing running:
                 # in the background, so that the caller hears of the failure within one timeout.
-                sync_spawn(lambda: self._release_unknown_claim(scope, key, token, policy.lease))
+                sync_spawn(
+                    lambda: self._release_unknown_claim(store, scope, key, token, policy.lease)
+                )
                 if self.observer is not None:
                     self.observer.outcome("store_unavailable", scope, key, error=exc)
                 raise
@@ -304,7 +318,7 @@ class Engine:
                         if self.observer is not None:
                             self.observer.takeover(scope, key)
                     return Held(
-                        self.store,
+                        store,
                         scope,
                         key,
                         decision.token,
@@ -328,7 +342,9 @@ class Engine:
                     sync_sleep(decision.delay)
                     attempt += 1
 
-    def _release_unknown_claim(self, scope: str, key: str, token: str, lease: float) -> None:
+    def _release_unknown_claim(
+        self, store: Store, scope: str, key: str, token: str, lease: float
+    ) -> None:
         """Best effort. A store that is still down is asked again, with backoff, until the
         claim's lease would have run out anyway: a stalled server may run the queued claim only
         once it resumes. A claim that was never written has nothing to release."""
@@ -336,7 +352,7 @@ class Engine:
         deadline = time.monotonic() + lease
         while True:
             try:
-                self.store.release(scope, key, token)
+                store.release(scope, key, token)
                 return
             except StoreUnavailableError:
                 if time.monotonic() + delay >= deadline:
