@@ -547,17 +547,54 @@ if hasattr(redis.exceptions, "MaxConnectionsError"):  # redis-py 6 and later
     UNAVAILABLE_ERRORS.append(redis.exceptions.MaxConnectionsError("Too many connections"))
 
 
+@pytest.fixture(params=["from_url", "client passed in"])
+def either_store(request: pytest.FixtureRequest, prefix: str) -> Iterator[RedisStore]:
+    """A store of each kind: from_url's sends its scripts on its pool's connections itself, a
+    store over a client passed in goes through that client's evalsha."""
+    if request.param == "from_url":
+        s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    else:
+        s = RedisStore(redis.Redis.from_url(REDIS_URL, **_no_retry()), prefix=prefix)
+    yield s
+    s.close()
+    s.client.close()
+
+
+@pytest.fixture(params=["from_url", "client passed in"])
+async def either_astore(
+    request: pytest.FixtureRequest, prefix: str
+) -> AsyncIterator[AsyncRedisStore]:
+    """The async twin of either_store."""
+    if request.param == "from_url":
+        s = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix)
+    else:
+        s = AsyncRedisStore(
+            redis.asyncio.Redis.from_url(REDIS_URL, **_async_no_retry()), prefix=prefix
+        )
+    yield s
+    await s.close()
+    await s.client.aclose()
+
+
+def _client_fails(store: Any, fail: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every script call of ``store`` raise through ``fail``, where the client would: its
+    evalsha (a client passed in), or its connections' read of the reply (from_url's store)."""
+    monkeypatch.setattr(store.client, "evalsha", fail)
+    monkeypatch.setattr(store.client.connection_pool.connection_class, "read_response", fail)
+
+
 @pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
 def test_client_errors_are_store_unavailable(
-    store: RedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+    either_store: RedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every outage a client reports, the cluster ones included (RedisClusterException and
     SlotNotCoveredError are no RedisError), is StoreUnavailableError: nothing raw escapes."""
+    store = either_store
 
-    def fail(*args: Any) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(store.client, "evalsha", fail)
+    _client_fails(store, fail, monkeypatch)
     for operation in OPERATIONS.values():
         with pytest.raises(StoreUnavailableError, match="Redis is unavailable") as info:
             operation(store)
@@ -566,14 +603,15 @@ def test_client_errors_are_store_unavailable(
 
 @pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
 async def test_async_client_errors_are_store_unavailable(
-    astore: AsyncRedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+    either_astore: AsyncRedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The async store translates every client outage the same way."""
+    astore = either_astore
 
-    async def fail(*args: Any) -> Any:
+    async def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(astore.client, "evalsha", fail)
+    _client_fails(astore, fail, monkeypatch)
     with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
         await astore.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
     with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
@@ -589,15 +627,16 @@ async def test_async_client_errors_are_store_unavailable(
     ],
 )
 def test_a_redirection_says_to_use_the_cluster_url(
-    store: RedisStore, error: Exception, word: str, monkeypatch: pytest.MonkeyPatch
+    either_store: RedisStore, error: Exception, word: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plain client at a cluster node gets redirections: the error names them, where they
     point, and the URL to use instead (the cluster module sees it on a real cluster)."""
+    store = either_store
 
-    def fail(*args: Any) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(store.client, "evalsha", fail)
+    _client_fails(store, fail, monkeypatch)
     with pytest.raises(StoreError, match=rf"{word} 3999 127.0.0.1:7001.*use redis\+cluster://"):
         store.get("s", "k")
 
@@ -905,3 +944,77 @@ def test_missing_redis_package_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'idempo[redis]'" in out
+
+
+# -- the scripts' commands, packed by the store itself -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"EVALSHA", "0" * 40, b"1", "idempo:1:s:kéy", "fp", 30_000, 600_000),
+        (b"EVAL", "return 1", b"1", "k", b"\x00\r\n" * 3000, b"", -5),  # a chunk of its own
+        (b"EVALSHA", "a", b"1", "k", b"x" * 6001, b"y" * 6000),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+    """The store's own packer writes, byte for byte, what redis-py's would."""
+    from redis.connection import Encoder, PythonRespSerializer
+
+    from idempo.stores import _redis_lua as lua
+
+    reference = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+    assert b"".join(lua.packed(args, "utf-8")) == b"".join(reference.pack(*args))
+
+
+def test_packing_refuses_what_no_script_takes() -> None:
+    from idempo.stores import _redis_lua as lua
+
+    with pytest.raises(TypeError, match="bytes, str or int"):
+        lua.packed((b"EVALSHA", 1.5), "utf-8")
+
+
+def test_a_large_outcome_round_trips(store: RedisStore, astore: AsyncRedisStore) -> None:
+    """An outcome past the packer's chunk size, and one with CRLF in it, are stored whole."""
+    for outcome in (bytes(range(256)) * 1000, b"\r\n" * 7000, b""):
+        key = _key()
+        store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+        store.complete("s", key, "t", outcome, ttl=TTL)
+        record = store.get("s", key)
+        assert record is not None
+        assert record.outcome == outcome
+
+
+async def test_async_large_outcome_round_trips(astore: AsyncRedisStore) -> None:
+    outcome = bytes(range(256)) * 1000
+    key = _key()
+    await astore.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    await astore.complete("s", key, "t", outcome, ttl=TTL)
+    record = await astore.get("s", key)
+    assert record is not None
+    assert record.outcome == outcome
+
+
+def test_a_failed_read_leaves_no_connection_dirty(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply lost mid-read (here: a timeout raised in place of it) disconnects that
+    connection: the next operation reads its own reply, not the one left on the wire."""
+    key = _key()
+    store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    store.complete("s", key, "t", b"done", ttl=TTL)
+    connection_class = store.client.connection_pool.connection_class
+    real_read = connection_class.read_response
+
+    def lose_reply(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.disconnect()  # what redis-py does when a read fails
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(connection_class, "read_response", lose_reply)
+    with pytest.raises(StoreUnavailableError):
+        store.get("s", key)  # its reply, a list, would make a stale read below True
+    monkeypatch.setattr(connection_class, "read_response", real_read)
+    assert store.delete("s", _key()) is False
+    record = store.get("s", key)
+    assert record is not None
+    assert record.outcome == b"done"

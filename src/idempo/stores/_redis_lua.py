@@ -41,6 +41,7 @@ __all__ = [
     "check_completed",
     "lease_until",
     "ms",
+    "packed",
     "record",
     "translated",
 ]
@@ -260,9 +261,46 @@ class Script:
         self.script = script
         self.sha = self.digest()
 
+    def evalsha(self, redis_key: str, args: tuple[Any, ...], encoding: str) -> list[bytes]:
+        """``EVALSHA sha 1 redis_key *args``, packed."""
+        return packed((b"EVALSHA", self.sha.encode(), b"1", redis_key, *args), encoding)
+
+    def eval(self, redis_key: str, args: tuple[Any, ...], encoding: str) -> list[bytes]:
+        """``EVAL script 1 redis_key *args``, packed."""
+        return packed((b"EVAL", self.script, b"1", redis_key, *args), encoding)
+
     def digest(self) -> str:
         """The SHA1 the server files the script under once EVAL or SCRIPT LOAD gave it."""
         return hashlib.sha1(self.script.encode(), usedforsecurity=False).hexdigest()
+
+
+# Arguments longer than this are sent as chunks of their own rather than copied into the
+# command (redis-py's packer does the same, at the same size).
+_BUFFER_CUTOFF = 6000
+
+
+def packed(args: tuple[Any, ...], encoding: str) -> list[bytes]:
+    """A command in the Redis protocol (RESP), as the chunks to send: ``args`` are bytes, str
+    (encoded in ``encoding``, the client's) or int, as the scripts take them. It does what
+    redis-py's packer does for these types, for a third of its cost."""
+    chunks: list[bytes] = []
+    buffer = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            arg = arg.encode(encoding)
+        elif type(arg) is int:
+            arg = b"%d" % arg
+        elif type(arg) is not bytes:
+            raise TypeError(f"an idempo script takes bytes, str or int, not {type(arg)!r}")
+        if len(arg) > _BUFFER_CUTOFF:
+            buffer.append(b"$%d\r\n" % len(arg))
+            chunks.append(b"".join(buffer))
+            chunks.append(arg)
+            buffer = [b"\r\n"]
+        else:
+            buffer.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    chunks.append(b"".join(buffer))
+    return chunks
 
 
 def translated(exc: Exception) -> StoreUnavailableError | StoreError:

@@ -91,6 +91,7 @@ class AsyncRedisStore:
             raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
         self._setup(prefix, wait_replicas, wait_timeout)
         self._client: Redis | RedisCluster | None = client
+        self._encoding = client.get_encoder().encoding
 
     def _setup(self, prefix: str, wait_replicas: int, wait_timeout: float) -> None:
         if wait_replicas < 0 or wait_timeout <= 0:
@@ -99,6 +100,10 @@ class AsyncRedisStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._owns_client = False
+        # The pool of a plain client this store built (from_url), which scripts use directly
+        # (a BlockingConnectionPool; Any: redis-py types the sync one's methods loosely).
+        self._pool: Any = None
+        self._encoding = "utf-8"
         self._connect: Callable[[], Redis | RedisCluster] | None = None
         self._connecting = threading.Lock()
         self._gate = connect.async_gate(None, 0)
@@ -173,6 +178,7 @@ class AsyncRedisStore:
                 wait_replicas=wait_replicas,
                 wait_timeout=wait_timeout,
             )
+            store._pool = blocking
         store._owns_client = True
         return store
 
@@ -197,6 +203,8 @@ class AsyncRedisStore:
         does here). If the server lost the script (restart, failover, SCRIPT FLUSH), the refused
         EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
+        if self._pool is not None:
+            return await self._eval_on_pool(self._pool, script, redis_key, args)
         try:
             async with self._gate:
                 client = self.client
@@ -209,6 +217,35 @@ class AsyncRedisStore:
                     # of a cluster, and fail while any of them is down.
                     script.sha = script.digest()
                     return await client.eval(script.script, 1, redis_key, *args)
+        except lua.CLIENT_ERRORS as exc:
+            raise lua.translated(exc) from exc
+
+    async def _eval_on_pool(
+        self, pool: Any, script: lua.Script, redis_key: str, args: tuple[Any, ...]
+    ) -> Any:
+        """_eval for a client this store built: the command goes straight onto a connection
+        of its pool, packed here. That is what the client's own command path does for this
+        client (pooled connection, its timeouts, no resends: its retry is none), less the
+        layers this store does not use (retries, response callbacks, redis-py's command
+        telemetry), which cost more than the packing and parsing themselves. A connection is
+        disconnected by the failed send or read itself, so none goes back to the pool with a
+        reply left unread."""
+        try:
+            connection = await pool.get_connection()
+            try:
+                await connection.send_packed_command(
+                    script.evalsha(redis_key, args, self._encoding)
+                )
+                try:
+                    return await connection.read_response()
+                except NoScriptError:
+                    script.sha = script.digest()
+                    await connection.send_packed_command(
+                        script.eval(redis_key, args, self._encoding)
+                    )
+                    return await connection.read_response()
+            finally:
+                await pool.release(connection)
         except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
 

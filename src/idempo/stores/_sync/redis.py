@@ -92,6 +92,7 @@ class RedisStore:
             raise ValueError("wait_replicas needs a plain Redis client, not RedisCluster")
         self._setup(prefix, wait_replicas, wait_timeout)
         self._client: Redis | RedisCluster | None = client
+        self._encoding = client.get_encoder().encoding
 
     def _setup(self, prefix: str, wait_replicas: int, wait_timeout: float) -> None:
         if wait_replicas < 0 or wait_timeout <= 0:
@@ -100,6 +101,10 @@ class RedisStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self._owns_client = False
+        # The pool of a plain client this store built (from_url), which scripts use directly
+        # (a BlockingConnectionPool; Any: redis-py types the sync one's methods loosely).
+        self._pool: Any = None
+        self._encoding = "utf-8"
         self._connect: Callable[[], Redis | RedisCluster] | None = None
         self._connecting = threading.Lock()
         self._gate = connect.sync_gate(None, 0)
@@ -174,6 +179,7 @@ class RedisStore:
                 wait_replicas=wait_replicas,
                 wait_timeout=wait_timeout,
             )
+            store._pool = blocking
         store._owns_client = True
         return store
 
@@ -198,6 +204,8 @@ class RedisStore:
         does here). If the server lost the script (restart, failover, SCRIPT FLUSH), the refused
         EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
+        if self._pool is not None:
+            return self._eval_on_pool(self._pool, script, redis_key, args)
         try:
             with self._gate:
                 client = self.client
@@ -210,6 +218,35 @@ class RedisStore:
                     # of a cluster, and fail while any of them is down.
                     script.sha = script.digest()
                     return client.eval(script.script, 1, redis_key, *args)
+        except lua.CLIENT_ERRORS as exc:
+            raise lua.translated(exc) from exc
+
+    def _eval_on_pool(
+        self, pool: Any, script: lua.Script, redis_key: str, args: tuple[Any, ...]
+    ) -> Any:
+        """_eval for a client this store built: the command goes straight onto a connection
+        of its pool, packed here. That is what the client's own command path does for this
+        client (pooled connection, its timeouts, no resends: its retry is none), less the
+        layers this store does not use (retries, response callbacks, redis-py's command
+        telemetry), which cost more than the packing and parsing themselves. A connection is
+        disconnected by the failed send or read itself, so none goes back to the pool with a
+        reply left unread."""
+        try:
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command(
+                    script.evalsha(redis_key, args, self._encoding)
+                )
+                try:
+                    return connection.read_response()
+                except NoScriptError:
+                    script.sha = script.digest()
+                    connection.send_packed_command(
+                        script.eval(redis_key, args, self._encoding)
+                    )
+                    return connection.read_response()
+            finally:
+                pool.release(connection)
         except lua.CLIENT_ERRORS as exc:
             raise lua.translated(exc) from exc
 
