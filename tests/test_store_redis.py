@@ -1018,3 +1018,30 @@ def test_a_failed_read_leaves_no_connection_dirty(
     record = store.get("s", key)
     assert record is not None
     assert record.outcome == b"done"
+
+
+async def test_the_cluster_gate_bounds_operations_in_flight() -> None:
+    """The asyncio cluster store's gate: free turns are taken at once, past the limit a caller
+    waits for a turn and, after the timeout, is told the store is unavailable."""
+    import asyncio
+
+    from idempo.stores import _redis_connect as connect
+
+    gate = connect.async_gate(2, 0.05)
+    async with gate, gate:
+        with pytest.raises(StoreUnavailableError, match=r"no free connection within 0\.05s"):
+            async with gate:
+                pass
+        entered = asyncio.Event()
+
+        async def third() -> None:
+            async with gate:
+                entered.set()
+
+        waiting = asyncio.ensure_future(third())
+        await asyncio.sleep(0.01)
+        assert not entered.is_set()
+    await asyncio.wait_for(waiting, 1)  # a turn freed is taken by the caller waiting for it
+    assert entered.is_set()
+    async with gate, gate:  # both turns are free again
+        pass

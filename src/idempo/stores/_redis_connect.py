@@ -200,6 +200,11 @@ class _Gate:
         self._timeout = timeout
 
     async def __aenter__(self) -> None:
+        if not self._semaphore.locked():
+            # A free turn is taken at once: wait_for would wrap the acquire in a task of its
+            # own (Python 3.11), the dearest step of the whole operation.
+            await self._semaphore.acquire()
+            return
         try:
             await asyncio.wait_for(self._semaphore.acquire(), self._timeout)
         except TimeoutError:
