@@ -23,10 +23,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from idempo.core.records import ClaimStatus, Record
+from idempo.core.records import ClaimStatus, Record, State
 from idempo.errors import LeaseLostError, StoreError, StoreUnavailableError
 from idempo.stores import _rows as rows
-from idempo.stores._rows import RECORD_FORMAT
 
 __all__ = [
     "CLAIM",
@@ -335,26 +334,33 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+# The states as a client with decode_responses=False reads them.
+_STATES = {state.value.encode(): state for state in State}
+
+
 def record(scope: str, key: str, reply: list[Any]) -> Record:
     """A Record from the scripts' long reply: {status, fingerprint, state, token, lease_until,
     created_at, expires_at, outcome, recovery_point, now, takeover}. Strings arrive as bytes,
-    numbers the script computed as int."""
+    numbers the script computed as int. (The row helpers' checks, done here without the row:
+    the scripts refuse any record format but theirs.)"""
     try:
         _, fingerprint, state, token, lease_until, created, expires, outcome, recovery = reply[:9]
-        row = (
-            fingerprint.decode(),
-            state.decode(),
-            None if token is None else token.decode(),
-            None if lease_until is None else int(lease_until) / 1000,
-            outcome,
-            recovery,
-            int(created) / 1000,
-            int(expires) / 1000,
-            RECORD_FORMAT,  # the scripts refuse any other schema v
+        return Record(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint.decode(),
+            state=_STATES[state],
+            token=None if token is None else token.decode(),
+            lease_until=None if lease_until is None else int(lease_until) / 1000,
+            outcome=outcome,
+            created_at=int(created) / 1000,
+            expires_at=int(expires) / 1000,
+            recovery_point=recovery,
         )
+    except KeyError:
+        raise StoreError(f"corrupt record ({scope!r}, {key!r}): state {reply[2]!r}") from None
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise StoreError(f"corrupt idempotency record for {scope!r}/{key!r}: {exc}") from exc
-    return rows.record(scope, key, row)
 
 
 def check_completed(status: Any) -> None:
