@@ -786,6 +786,43 @@ def test_pool_checkout_is_bounded(own_server: Server) -> None:
         store.close()
 
 
+async def test_async_operations_in_flight_are_bounded(own_server: Server) -> None:
+    """The async store keeps at most max_connections operations in flight, each waiting for
+    its turn no longer than the timeout, whatever it does (scripts, scan), and never opens
+    more connections than that."""
+    import asyncio
+
+    store = AsyncRedisStore.from_url(
+        own_server.url, prefix="p:", timeout=BOUND * 4, max_connections=2, pool_timeout=BOUND
+    )
+    try:
+        await store.get("s", "warm")
+        own_server.pause()
+        try:
+            stalled = [asyncio.ensure_future(store.get("s", f"k{i}")) for i in range(2)]
+            await asyncio.sleep(0.05)  # both turns taken, their replies stalled
+            operations: list[Callable[[], Any]] = [
+                lambda: store.get("s", "k"),
+                lambda: store.scan(limit=10),
+            ]
+            for operation in operations:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailableError, match="no free connection within"):
+                    await operation()
+                assert BOUND * 0.8 <= _elapsed(started) < BOUND * 3
+            for future in stalled:
+                with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                    await future
+        finally:
+            own_server.resume()
+        results = await asyncio.gather(*(store.get("s", f"k{i}") for i in range(10)))
+        assert results == [None] * 10
+        pool = store.client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+    finally:
+        await store.close()
+
+
 def test_no_listener_is_unavailable_at_once() -> None:
     """A port nobody listens on is refused at once, not after the timeout."""
     with socket.socket() as probe:

@@ -28,10 +28,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 from redis.cluster import RedisCluster
-from redis.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
@@ -102,7 +100,7 @@ class RedisStore:
         self.wait_timeout = wait_timeout
         self._owns_client = False
         # The pool of a plain client this store built (from_url), which scripts use directly
-        # (a BlockingConnectionPool; Any: redis-py types the sync one's methods loosely).
+        # (Any: redis-py types the sync one's methods loosely).
         self._pool: Any = None
         self._encoding = "utf-8"
         self._connect: Callable[[], Redis | RedisCluster] | None = None
@@ -160,26 +158,16 @@ class RedisStore:
             store._connect = cluster
             store._gate = connect.sync_gate(max_connections, pool_timeout)
         else:
-            # A blocking pool: under a burst, callers wait for a connection (up to
-            # pool_timeout) instead of failing with "Too many connections".
-            # No silent client-side retries: a script resent after a timeout may already have
-            # run (a claim would then find its own lease "in progress"). The caller sees
-            # StoreUnavailableError and retries the whole operation with the same key.
-            blocking = BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=pool_timeout,
-                decode_responses=False,
-                **{"retry": Retry(NoBackoff(), 0), **options},
-            )
+            pool, gate = connect.sync_pool(url, max_connections, pool_timeout, options)
             # the client owns the pool: close() disconnects it
             store = cls(
-                Redis.from_pool(blocking),
+                Redis.from_pool(pool),
                 prefix=prefix,
                 wait_replicas=wait_replicas,
                 wait_timeout=wait_timeout,
             )
-            store._pool = blocking
+            store._pool = pool
+            store._gate = gate
         store._owns_client = True
         return store
 
@@ -205,7 +193,8 @@ class RedisStore:
         EVALSHA ran nothing: send the script itself once (EVAL)."""
         redis_key = self.redis_key(scope, key)
         if self._pool is not None:
-            return self._eval_on_pool(self._pool, script, redis_key, args)
+            with self._gate:
+                return self._eval_on_pool(self._pool, script, redis_key, args)
         try:
             with self._gate:
                 client = self.client
@@ -300,7 +289,7 @@ class RedisStore:
         timeout = max(1, lua.ms(self.wait_timeout))
         try:
             for _ in range(2):
-                with client.pipeline(transaction=False) as pipe:
+                with self._gate, client.pipeline(transaction=False) as pipe:
                     pipe.evalsha(self._complete.sha, 1, redis_key, *args)
                     pipe.wait(self.wait_replicas, timeout)
                     status, acked = pipe.execute(raise_on_error=False)
@@ -384,6 +373,12 @@ class RedisStore:
         """One SCAN step from ``cursor``, then an HMGET of ``fields`` per key found, pipelined:
         (the next cursor or None, the server's clock, the keys, their replies)."""
         pattern = rscan.match(self.prefix, scope)
+        with self._gate:
+            return self._page_steps(cursor, pattern, count, fields)
+
+    def _page_steps(
+        self, cursor: str | None, pattern: str, count: int, fields: tuple[str, ...]
+    ) -> tuple[str | None, float, list[bytes], list[Any]]:
         try:
             if isinstance(self.client, RedisCluster):
                 # A cluster pipeline refuses TIME, and TIME also makes a new client learn the
