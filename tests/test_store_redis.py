@@ -823,6 +823,40 @@ async def test_async_operations_in_flight_are_bounded(own_server: Server) -> Non
         await store.close()
 
 
+async def test_async_stalled_send_is_unavailable_within_the_timeout(own_server: Server) -> None:
+    """A send the server does not read (paused, its buffers full) ends within about the
+    timeout, its connection dropped; the connections keep their own timeout throughout."""
+    store = AsyncRedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    try:
+        claimed = await store.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
+        assert claimed.status is ClaimStatus.ACQUIRED
+        pool = store.client.connection_pool
+        (connection,) = pool._available_connections
+        transport = connection._writer.transport
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                await store.complete("s", "k", "t", b"x" * (64 << 20), ttl=TTL)
+            assert _elapsed(started) < BOUND * 2 + 1.0
+        finally:
+            # redis.asyncio closes the cut connection without waiting: its transport would
+            # linger, closing, until the server reads what is buffered, past this test's loop.
+            transport.abort()
+            own_server.resume()
+        connections = [*pool._available_connections, *pool._in_use_connections]
+        assert connections
+        assert all(c.socket_timeout == BOUND for c in connections)
+        assert not any(c.is_connected for c in connections)  # the cut send's was dropped
+        await store.complete("s", "k", "t", b"done", ttl=TTL)
+        record = await store.get("s", "k")
+        assert record is not None
+        assert record.outcome == b"done"
+        assert all(c.socket_timeout == BOUND for c in connections)
+    finally:
+        await store.close()
+
+
 def test_no_listener_is_unavailable_at_once() -> None:
     """A port nobody listens on is refused at once, not after the timeout."""
     with socket.socket() as probe:

@@ -222,15 +222,15 @@ class AsyncRedisStore:
         try:
             connection = await pool.get_connection()
             try:
-                await connection.send_packed_command(
-                    script.evalsha(redis_key, args, self._encoding)
+                await connect.async_send(
+                    connection, script.evalsha(redis_key, args, self._encoding)
                 )
                 try:
                     return await connection.read_response()
                 except NoScriptError:
                     script.sha = script.digest()
-                    await connection.send_packed_command(
-                        script.eval(redis_key, args, self._encoding)
+                    await connect.async_send(
+                        connection, script.eval(redis_key, args, self._encoding)
                     )
                     return await connection.read_response()
             finally:

@@ -223,15 +223,15 @@ class RedisStore:
         try:
             connection = pool.get_connection()
             try:
-                connection.send_packed_command(
-                    script.evalsha(redis_key, args, self._encoding)
+                connect.sync_send(
+                    connection, script.evalsha(redis_key, args, self._encoding)
                 )
                 try:
                     return connection.read_response()
                 except NoScriptError:
                     script.sha = script.digest()
-                    connection.send_packed_command(
-                        script.eval(redis_key, args, self._encoding)
+                    connect.sync_send(
+                        connection, script.eval(redis_key, args, self._encoding)
                     )
                     return connection.read_response()
             finally:
