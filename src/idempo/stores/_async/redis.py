@@ -65,6 +65,10 @@ class AsyncRedisStore:
     WAIT needs a plain client (not ``RedisCluster``, whose WAIT goes to every primary), and
     ``wait_timeout`` must be well below the client's socket timeout.
 
+    A store from from_url sends its scripts itself, straight onto its pool's connections,
+    which costs less client CPU than redis-py's generic command path (decision 0011); a client
+    passed in is used through its own command path, so its retries and wrappers keep working.
+
     A reply lost after a script ran (timeout, dropped connection) surfaces as
     :class:`~idempo.errors.StoreUnavailableError` although the write happened; a later claim then
     sees the record as it is. A client passed in keeps its own timeouts and retries; redis-py
