@@ -35,6 +35,7 @@ from redis.retry import Retry
 from idempo.errors import StoreUnavailableError
 
 __all__ = [
+    "CHECKOUT_ARGS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
     "async_close",
@@ -96,6 +97,11 @@ def client_options(timeout: float, options: dict[str, Any]) -> dict[str, Any]:
 # redis-py 6 made ``retry=`` the cluster client's own retry count; before, it was
 # ``cluster_error_retry_attempts`` (now deprecated, with a warning).
 _RETRY_OWNS_CLUSTER_RESENDS = int(redis.__version__.split(".")[0]) >= 6
+# What a pool's get_connection() takes: redis-py before 5.3 wants a command name (it ignores
+# it), 5.3 and later warn about one.
+CHECKOUT_ARGS: tuple[str, ...] = (
+    ("EVALSHA",) if tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3) else ()
+)
 # COMMAND while mapping the cluster goes to its first primary alone: with that one down, a
 # client could not start. Mapping is read-only, so these tries may go elsewhere.
 _MAPPING_TRIES = 3

@@ -224,7 +224,7 @@ class AsyncRedisStore:
         disconnected by the failed send or read itself, so none goes back to the pool with a
         reply left unread."""
         try:
-            connection = await pool.get_connection()
+            connection = await pool.get_connection(*connect.CHECKOUT_ARGS)
             try:
                 await connect.async_send(
                     connection, script.evalsha(redis_key, args, self._encoding)

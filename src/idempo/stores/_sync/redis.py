@@ -225,7 +225,7 @@ class RedisStore:
         disconnected by the failed send or read itself, so none goes back to the pool with a
         reply left unread."""
         try:
-            connection = pool.get_connection()
+            connection = pool.get_connection(*connect.CHECKOUT_ARGS)
             try:
                 connect.sync_send(
                     connection, script.evalsha(redis_key, args, self._encoding)
