@@ -1034,15 +1034,20 @@ def test_commands_are_packed_as_redis_py_packs_them(args: tuple[Any, ...]) -> No
 
     from idempo.stores import _redis_lua as lua
 
-    reference = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
-    assert b"".join(lua.packed(args, "utf-8")) == b"".join(reference.pack(*args))
+    reference = b"".join(
+        PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack(*args)
+    )
+    assert b"".join(lua.packed(args, "utf-8")) == reference  # hiredis's packer, if installed
+    assert b"".join(lua.python_packed(args, "utf-8")) == reference
+    latin = PythonRespSerializer(6000, Encoder("latin-1", "strict", False).encode)
+    assert b"".join(lua.packed(args, "latin-1")) == b"".join(latin.pack(*args))
 
 
 def test_packing_refuses_what_no_script_takes() -> None:
     from idempo.stores import _redis_lua as lua
 
     with pytest.raises(TypeError, match="bytes, str or int"):
-        lua.packed((b"EVALSHA", 1.5), "utf-8")
+        lua.python_packed((b"EVALSHA", 1.5), "utf-8")
 
 
 def test_a_large_outcome_round_trips(store: RedisStore, astore: AsyncRedisStore) -> None:

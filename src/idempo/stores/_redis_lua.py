@@ -8,6 +8,7 @@ layout the scripts keep is described in :mod:`idempo.stores._async.redis`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import (
@@ -41,6 +42,7 @@ __all__ = [
     "lease_until",
     "ms",
     "packed",
+    "python_packed",
     "record",
     "translated",
 ]
@@ -278,10 +280,30 @@ class Script:
 _BUFFER_CUTOFF = 6000
 
 
+def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    """hiredis's packer (C, UTF-8), where hiredis is installed and has one (2.1 and later)."""
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    return getattr(hiredis, "pack_command", None)
+
+
+_HIREDIS_PACK = _hiredis_packer()
+
+
 def packed(args: tuple[Any, ...], encoding: str) -> list[bytes]:
     """A command in the Redis protocol (RESP), as the chunks to send: ``args`` are bytes, str
-    (encoded in ``encoding``, the client's) or int, as the scripts take them. It does what
-    redis-py's packer does for these types, for a third of its cost."""
+    (encoded in ``encoding``, the client's) or int, as the scripts take them. It writes what
+    redis-py's packer writes for these types: with hiredis's packer for UTF-8 (a third of the
+    cost of the Python one), else in Python (a third of the cost of redis-py's)."""
+    if _HIREDIS_PACK is not None and encoding == "utf-8":
+        return [_HIREDIS_PACK(args)]
+    return python_packed(args, encoding)
+
+
+def python_packed(args: tuple[Any, ...], encoding: str) -> list[bytes]:
+    """packed() in Python, for any encoding; TypeError for an argument no script takes."""
     chunks: list[bytes] = []
     buffer = [b"*%d\r\n" % len(args)]
     for arg in args:
