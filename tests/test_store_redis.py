@@ -547,17 +547,54 @@ if hasattr(redis.exceptions, "MaxConnectionsError"):  # redis-py 6 and later
     UNAVAILABLE_ERRORS.append(redis.exceptions.MaxConnectionsError("Too many connections"))
 
 
+@pytest.fixture(params=["from_url", "client passed in"])
+def either_store(request: pytest.FixtureRequest, prefix: str) -> Iterator[RedisStore]:
+    """A store of each kind: from_url's sends its scripts on its pool's connections itself, a
+    store over a client passed in goes through that client's evalsha."""
+    if request.param == "from_url":
+        s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    else:
+        s = RedisStore(redis.Redis.from_url(REDIS_URL, **_no_retry()), prefix=prefix)
+    yield s
+    s.close()
+    s.client.close()
+
+
+@pytest.fixture(params=["from_url", "client passed in"])
+async def either_astore(
+    request: pytest.FixtureRequest, prefix: str
+) -> AsyncIterator[AsyncRedisStore]:
+    """The async twin of either_store."""
+    if request.param == "from_url":
+        s = AsyncRedisStore.from_url(REDIS_URL, prefix=prefix)
+    else:
+        s = AsyncRedisStore(
+            redis.asyncio.Redis.from_url(REDIS_URL, **_async_no_retry()), prefix=prefix
+        )
+    yield s
+    await s.close()
+    await s.client.aclose()
+
+
+def _client_fails(store: Any, fail: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every script call of ``store`` raise through ``fail``, where the client would: its
+    evalsha (a client passed in), or its connections' read of the reply (from_url's store)."""
+    monkeypatch.setattr(store.client, "evalsha", fail)
+    monkeypatch.setattr(store.client.connection_pool.connection_class, "read_response", fail)
+
+
 @pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
 def test_client_errors_are_store_unavailable(
-    store: RedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+    either_store: RedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every outage a client reports, the cluster ones included (RedisClusterException and
     SlotNotCoveredError are no RedisError), is StoreUnavailableError: nothing raw escapes."""
+    store = either_store
 
-    def fail(*args: Any) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(store.client, "evalsha", fail)
+    _client_fails(store, fail, monkeypatch)
     for operation in OPERATIONS.values():
         with pytest.raises(StoreUnavailableError, match="Redis is unavailable") as info:
             operation(store)
@@ -566,14 +603,15 @@ def test_client_errors_are_store_unavailable(
 
 @pytest.mark.parametrize("error", UNAVAILABLE_ERRORS, ids=lambda e: type(e).__name__)
 async def test_async_client_errors_are_store_unavailable(
-    astore: AsyncRedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
+    either_astore: AsyncRedisStore, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The async store translates every client outage the same way."""
+    astore = either_astore
 
-    async def fail(*args: Any) -> Any:
+    async def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(astore.client, "evalsha", fail)
+    _client_fails(astore, fail, monkeypatch)
     with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
         await astore.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
     with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
@@ -589,15 +627,16 @@ async def test_async_client_errors_are_store_unavailable(
     ],
 )
 def test_a_redirection_says_to_use_the_cluster_url(
-    store: RedisStore, error: Exception, word: str, monkeypatch: pytest.MonkeyPatch
+    either_store: RedisStore, error: Exception, word: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plain client at a cluster node gets redirections: the error names them, where they
     point, and the URL to use instead (the cluster module sees it on a real cluster)."""
+    store = either_store
 
-    def fail(*args: Any) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(store.client, "evalsha", fail)
+    _client_fails(store, fail, monkeypatch)
     with pytest.raises(StoreError, match=rf"{word} 3999 127.0.0.1:7001.*use redis\+cluster://"):
         store.get("s", "k")
 
@@ -745,6 +784,77 @@ def test_pool_checkout_is_bounded(own_server: Server) -> None:
         assert store.get("s", "k") is None
     finally:
         store.close()
+
+
+async def test_async_operations_in_flight_are_bounded(own_server: Server) -> None:
+    """The async store keeps at most max_connections operations in flight, each waiting for
+    its turn no longer than the timeout, whatever it does (scripts, scan), and never opens
+    more connections than that."""
+    import asyncio
+
+    store = AsyncRedisStore.from_url(
+        own_server.url, prefix="p:", timeout=BOUND * 4, max_connections=2, pool_timeout=BOUND
+    )
+    try:
+        await store.get("s", "warm")
+        own_server.pause()
+        try:
+            stalled = [asyncio.ensure_future(store.get("s", f"k{i}")) for i in range(2)]
+            await asyncio.sleep(0.05)  # both turns taken, their replies stalled
+            operations: list[Callable[[], Any]] = [
+                lambda: store.get("s", "k"),
+                lambda: store.scan(limit=10),
+            ]
+            for operation in operations:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailableError, match="no free connection within"):
+                    await operation()
+                assert BOUND * 0.8 <= _elapsed(started) < BOUND * 3
+            for future in stalled:
+                with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                    await future
+        finally:
+            own_server.resume()
+        results = await asyncio.gather(*(store.get("s", f"k{i}") for i in range(10)))
+        assert results == [None] * 10
+        pool = store.client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+    finally:
+        await store.close()
+
+
+async def test_async_stalled_send_is_unavailable_within_the_timeout(own_server: Server) -> None:
+    """A send the server does not read (paused, its buffers full) ends within about the
+    timeout, its connection dropped; the connections keep their own timeout throughout."""
+    store = AsyncRedisStore.from_url(own_server.url, prefix="p:", timeout=BOUND)
+    try:
+        claimed = await store.claim("s", "k", "fp", "t", lease=LEASE, ttl=TTL)
+        assert claimed.status is ClaimStatus.ACQUIRED
+        pool = store.client.connection_pool
+        (connection,) = pool._available_connections
+        transport = connection._writer.transport
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="Redis is unavailable"):
+                await store.complete("s", "k", "t", b"x" * (64 << 20), ttl=TTL)
+            assert _elapsed(started) < BOUND * 2 + 1.0
+        finally:
+            # redis.asyncio closes the cut connection without waiting: its transport would
+            # linger, closing, until the server reads what is buffered, past this test's loop.
+            transport.abort()
+            own_server.resume()
+        connections = [*pool._available_connections, *pool._in_use_connections]
+        assert connections
+        assert all(c.socket_timeout == BOUND for c in connections)
+        assert not any(c.is_connected for c in connections)  # the cut send's was dropped
+        await store.complete("s", "k", "t", b"done", ttl=TTL)
+        record = await store.get("s", "k")
+        assert record is not None
+        assert record.outcome == b"done"
+        assert all(c.socket_timeout == BOUND for c in connections)
+    finally:
+        await store.close()
 
 
 def test_no_listener_is_unavailable_at_once() -> None:
@@ -905,3 +1015,109 @@ def test_missing_redis_package_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'idempo[redis]'" in out
+
+
+# -- the scripts' commands, packed by the store itself -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"EVALSHA", "0" * 40, b"1", "idempo:1:s:kéy", "fp", 30_000, 600_000),
+        (b"EVAL", "return 1", b"1", "k", b"\x00\r\n" * 3000, b"", -5),  # a chunk of its own
+        (b"EVALSHA", "a", b"1", "k", b"x" * 6001, b"y" * 6000),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+    """The store's own packer writes, byte for byte, what redis-py's would."""
+    from redis.connection import Encoder, PythonRespSerializer
+
+    from idempo.stores import _redis_lua as lua
+
+    reference = b"".join(
+        PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack(*args)
+    )
+    assert b"".join(lua.packed(args, "utf-8")) == reference  # hiredis's packer, if installed
+    assert b"".join(lua.python_packed(args, "utf-8")) == reference
+    latin = PythonRespSerializer(6000, Encoder("latin-1", "strict", False).encode)
+    assert b"".join(lua.packed(args, "latin-1")) == b"".join(latin.pack(*args))
+
+
+def test_packing_refuses_what_no_script_takes() -> None:
+    from idempo.stores import _redis_lua as lua
+
+    with pytest.raises(TypeError, match="bytes, str or int"):
+        lua.python_packed((b"EVALSHA", 1.5), "utf-8")
+
+
+def test_a_large_outcome_round_trips(store: RedisStore, astore: AsyncRedisStore) -> None:
+    """An outcome past the packer's chunk size, and one with CRLF in it, are stored whole."""
+    for outcome in (bytes(range(256)) * 1000, b"\r\n" * 7000, b""):
+        key = _key()
+        store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+        store.complete("s", key, "t", outcome, ttl=TTL)
+        record = store.get("s", key)
+        assert record is not None
+        assert record.outcome == outcome
+
+
+async def test_async_large_outcome_round_trips(astore: AsyncRedisStore) -> None:
+    outcome = bytes(range(256)) * 1000
+    key = _key()
+    await astore.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    await astore.complete("s", key, "t", outcome, ttl=TTL)
+    record = await astore.get("s", key)
+    assert record is not None
+    assert record.outcome == outcome
+
+
+def test_a_failed_read_leaves_no_connection_dirty(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply lost mid-read (here: a timeout raised in place of it) disconnects that
+    connection: the next operation reads its own reply, not the one left on the wire."""
+    key = _key()
+    store.claim("s", key, "fp", "t", lease=LEASE, ttl=TTL)
+    store.complete("s", key, "t", b"done", ttl=TTL)
+    connection_class = store.client.connection_pool.connection_class
+    real_read = connection_class.read_response
+
+    def lose_reply(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.disconnect()  # what redis-py does when a read fails
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(connection_class, "read_response", lose_reply)
+    with pytest.raises(StoreUnavailableError):
+        store.get("s", key)  # its reply, a list, would make a stale read below True
+    monkeypatch.setattr(connection_class, "read_response", real_read)
+    assert store.delete("s", _key()) is False
+    record = store.get("s", key)
+    assert record is not None
+    assert record.outcome == b"done"
+
+
+async def test_the_cluster_gate_bounds_operations_in_flight() -> None:
+    """The asyncio cluster store's gate: free turns are taken at once, past the limit a caller
+    waits for a turn and, after the timeout, is told the store is unavailable."""
+    import asyncio
+
+    from idempo.stores import _redis_connect as connect
+
+    gate = connect.async_gate(2, 0.05)
+    async with gate, gate:
+        with pytest.raises(StoreUnavailableError, match=r"no free connection within 0\.05s"):
+            async with gate:
+                pass
+        entered = asyncio.Event()
+
+        async def third() -> None:
+            async with gate:
+                entered.set()
+
+        waiting = asyncio.ensure_future(third())
+        await asyncio.sleep(0.01)
+        assert not entered.is_set()
+    await asyncio.wait_for(waiting, 1)  # a turn freed is taken by the caller waiting for it
+    assert entered.is_set()
+    async with gate, gate:  # both turns are free again
+        pass

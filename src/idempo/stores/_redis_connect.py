@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
 from redis import BlockingConnectionPool
 from redis._parsers import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
@@ -33,19 +35,24 @@ from redis.retry import Retry
 from idempo.errors import StoreUnavailableError
 
 __all__ = [
+    "CHECKOUT_ARGS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
     "async_close",
     "async_cluster",
     "async_gate",
+    "async_pool",
     "async_ready",
+    "async_send",
     "check_cluster_options",
     "client_options",
     "cluster_seed",
     "sync_close",
     "sync_cluster",
     "sync_gate",
+    "sync_pool",
     "sync_ready",
+    "sync_send",
 ]
 
 #: Seconds any one step of an operation may take: the connect, each reply, the wait for a
@@ -90,6 +97,11 @@ def client_options(timeout: float, options: dict[str, Any]) -> dict[str, Any]:
 # redis-py 6 made ``retry=`` the cluster client's own retry count; before, it was
 # ``cluster_error_retry_attempts`` (now deprecated, with a warning).
 _RETRY_OWNS_CLUSTER_RESENDS = int(redis.__version__.split(".")[0]) >= 6
+# What a pool's get_connection() takes: redis-py before 5.3 wants a command name (it ignores
+# it), 5.3 and later warn about one.
+CHECKOUT_ARGS: tuple[str, ...] = (
+    ("EVALSHA",) if tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3) else ()
+)
 # COMMAND while mapping the cluster goes to its first primary alone: with that one down, a
 # client could not start. Mapping is read-only, so these tries may go elsewhere.
 _MAPPING_TRIES = 3
@@ -200,6 +212,11 @@ class _Gate:
         self._timeout = timeout
 
     async def __aenter__(self) -> None:
+        if not self._semaphore.locked():
+            # A free turn is taken at once: wait_for would wrap the acquire in a task of its
+            # own (Python 3.11), the dearest step of the whole operation.
+            await self._semaphore.acquire()
+            return
         try:
             await asyncio.wait_for(self._semaphore.acquire(), self._timeout)
         except TimeoutError:
@@ -232,6 +249,79 @@ def sync_gate(
 ) -> contextlib.AbstractContextManager[None]:
     """Nothing: redis-py's sync pools wait for a connection themselves (BlockingConnectionPool)."""
     return contextlib.nullcontext()
+
+
+def sync_pool(
+    url: str, max_connections: int, pool_timeout: float, options: dict[str, Any]
+) -> tuple[BlockingConnectionPool, contextlib.AbstractContextManager[None]]:
+    """The pool of a plain client for ``url``, and the gate its operations enter. A blocking
+    pool: under a burst, callers wait for a connection (up to ``pool_timeout``) instead of
+    failing with "Too many connections"; so the gate is nothing.
+
+    No silent client-side retries: a script resent after a timeout may already have run (a
+    claim would then find its own lease "in progress"). The caller sees StoreUnavailableError
+    and retries the whole operation with the same key."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        decode_responses=False,
+        **{"retry": Retry(NoBackoff(), 0), **options},
+    )
+    return pool, sync_gate(max_connections, pool_timeout)
+
+
+def async_pool(
+    url: str, max_connections: int, pool_timeout: float, options: dict[str, Any]
+) -> tuple[redis.asyncio.ConnectionPool, contextlib.AbstractAsyncContextManager[None]]:
+    """The pool of a plain redis.asyncio client for ``url``, and the gate its operations
+    enter: a plain pool, and the gate to wait for a connection (up to ``pool_timeout``), as
+    the cluster client has. redis.asyncio's blocking pool does the same wait for every
+    connection it hands out, under a condition and a timeout of its own, at three times the
+    cost; the gate's free turn costs next to nothing. No silent resends, as for sync_pool."""
+    pool = redis.asyncio.ConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        decode_responses=False,
+        **{"retry": AsyncRetry(NoBackoff(), 0), **options},
+    )
+    return pool, async_gate(max_connections, pool_timeout)
+
+
+# Python 3.12 made wait_for a plain timeout; before, it runs what it waits for in a task.
+_WAIT_FOR_TASK = sys.version_info < (3, 12)
+
+
+async def async_send(connection: Any, command: list[bytes]) -> None:
+    """``connection.send_packed_command(command)``, bounded by the connection's timeout as
+    redis.asyncio bounds it, for less: on Python 3.11 its wait_for runs each send in a task
+    of its own (~10 us of CPU), where asyncio.timeout costs a timer. Only for a connection
+    that is up and wants no health check (else connecting and the PING would run unbounded);
+    its own send, with its error handling (a failed or cut send disconnects), does the work.
+    The connection is checked out by this caller alone, so lending its timeout is safe."""
+    timeout = connection.socket_timeout
+    if not (
+        _WAIT_FOR_TASK
+        and timeout
+        and connection.is_connected
+        and not connection.health_check_interval
+    ):
+        await connection.send_packed_command(command)
+        return
+    connection.socket_timeout = None
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.send_packed_command(command)
+    except TimeoutError:
+        # redis.asyncio's own words for it
+        raise RedisTimeoutError("Timeout writing to socket") from None
+    finally:
+        connection.socket_timeout = timeout
+
+
+def sync_send(connection: Any, command: list[bytes]) -> None:
+    """``connection.send_packed_command(command)`` (see async_send)."""
+    connection.send_packed_command(command)
 
 
 async def async_ready(client: object) -> None:
