@@ -409,3 +409,27 @@ def test_importing_serializers_imports_neither_pydantic_nor_msgspec() -> None:
         "assert 'pydantic' not in sys.modules and 'msgspec' not in sys.modules, sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_result_that_contains_itself_is_a_serialization_error() -> None:
+    """The JSON encoders run without a circular check (built once, shared by threads): a cycle
+    still ends in SerializationError, with the live value on it, never a RecursionError."""
+    from idempo.core.outcome import JSONSerializer
+    from idempo.errors import SerializationError
+
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(SerializationError) as caught:
+        JSONSerializer().dumps(loop)
+    assert caught.value.value is loop
+
+
+def test_json_round_trips_the_text_it_writes() -> None:
+    """The decoder skips json.loads' encoding detection; a BOM or a str still goes through it."""
+    from idempo.core.outcome import JSONSerializer, json_loads
+
+    value = {"é": ["\U0001f600", 1.5, None, True], "k": "v"}
+    serializer = JSONSerializer()
+    assert serializer.loads(serializer.dumps(value)) == value
+    assert json_loads(b"\xef\xbb\xbf[1]") == [1]
+    assert json_loads(bytearray(b"[2]")) == [2]

@@ -22,13 +22,13 @@ Pydantic and msgspec are imported only when a type needs them (extras ``pydantic
 
 from __future__ import annotations
 
-import json
 import sys
 import typing
 from collections.abc import Callable
 from typing import Any
 
-from idempo.core.outcome import Serializer
+from idempo.core.jsontext import compact_json
+from idempo.core.outcome import Serializer, json_loads
 from idempo.core.typed_json import compile_codec, type_name
 from idempo.errors import SerializationError
 
@@ -40,7 +40,7 @@ __all__ = [
     "serializer_for",
 ]
 
-_JSON_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_JSON_ENCODE = compact_json(ensure_ascii=False, allow_nan=False)
 
 
 def _check_exact(tp: Any, value: Any) -> None:
@@ -174,13 +174,14 @@ class DataclassSerializer:
             raise SerializationError(
                 f"cannot keep this result as {type_name(self.type)}: {exc}", value=value
             ) from exc
-        except (TypeError, ValueError) as exc:  # an Any field holding what JSON cannot
+        # an Any field holding what JSON cannot, or a cycle (RecursionError)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot keep this result as JSON: {exc}", value=value
             ) from exc
 
     def loads(self, data: bytes) -> Any:
-        return self._decode(json.loads(data))
+        return self._decode(json_loads(data))
 
 
 # -- the front -------------------------------------------------------------------------------

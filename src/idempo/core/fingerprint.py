@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from idempo.core.jsontext import compact_json
 from idempo.errors import FingerprintError
 
 __all__ = [
@@ -108,8 +109,9 @@ def _canonical(value: Any, path: str) -> Any:
     )
 
 
-# One encoder, built once: json.dumps with non-default arguments builds a new one per call.
-_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# One encoder, built once: json.dumps with non-default arguments builds a new one per call (and
+# JSONEncoder.encode a new C encoder). _canonical builds a fresh tree, so no cycle reaches it.
+_dumps = compact_json(sort_keys=True, ensure_ascii=False)
 
 
 def canonical_json(value: Any) -> str:

@@ -22,6 +22,7 @@ import http_sf
 
 from idempo.core import outcome as outcomes
 from idempo.core.fingerprint import fingerprint
+from idempo.core.jsontext import compact_json
 from idempo.core.keys import validate_key
 from idempo.core.outcome import RELEASE, Keep, Release
 from idempo.core.replay_cache import ReplayCache
@@ -422,30 +423,7 @@ def _refuse_constant(name: str) -> Any:
 _decode_json = json.JSONDecoder(parse_float=_json_number, parse_constant=_refuse_constant).decode
 
 
-def _compact_json(*, sort_keys: bool, ensure_ascii: bool) -> Callable[[Any], str]:
-    """``json.JSONEncoder(separators=(",", ":"), ...).encode``, the same text, without the C
-    encoder that ``encode`` builds on every call (this runs twice on every new key). No
-    circular check: what it encodes is parsed JSON or header pairs (a cycle would end in
-    RecursionError)."""
-    encoder = json.JSONEncoder(
-        sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ensure_ascii
-    )
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - a Python without the _json accelerator
-        return encoder.encode
-    strings = (
-        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
-    )
-    chunks = make(None, encoder.default, strings, None, ":", ",", sort_keys, False, True)
-    join = "".join
-
-    def encode(value: Any) -> str:
-        return join(chunks(value, 0))
-
-    return encode
-
-
-_canonical_text = _compact_json(sort_keys=True, ensure_ascii=False)
+_canonical_text = compact_json(sort_keys=True, ensure_ascii=False)
 
 
 # The string encoder of _canonical_text (ensure_ascii=False), to spell the outer document's
@@ -500,7 +478,7 @@ class StoredResponse:
 
 
 # Built once: json.dumps with non-default arguments builds a new encoder on every call.
-_head_text = _compact_json(sort_keys=False, ensure_ascii=True)
+_head_text = compact_json(sort_keys=False, ensure_ascii=True)
 _head_decode = json.JSONDecoder().decode
 
 

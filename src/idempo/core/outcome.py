@@ -16,6 +16,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from idempo.core.jsontext import compact_json
 from idempo.errors import OutcomeNotStoredError, SerializationError
 
 __all__ = [
@@ -51,8 +52,18 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
-# Built once: json.dumps with non-default arguments builds a new encoder on every call.
-_JSON_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# Built once (json.dumps with non-default arguments builds a new encoder on every call, and
+# JSONEncoder.encode a new C encoder): the same text.
+_JSON_ENCODE = compact_json(ensure_ascii=False, allow_nan=False)
+# What json.loads does with bytes, without its encoding detection: outcomes are written as UTF-8.
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+def json_loads(data: bytes) -> Any:
+    """``json.loads(data)`` for the UTF-8 JSON text idempo writes."""
+    if type(data) is bytes and not data.startswith(b"\xef\xbb\xbf"):
+        return _JSON_DECODE(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
 
 
 class JSONSerializer:
@@ -64,7 +75,7 @@ class JSONSerializer:
     def dumps(self, value: Any) -> bytes:
         try:
             return _JSON_ENCODE(value).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: a cycle
             raise SerializationError(
                 f"the JSON serializer cannot keep a {type(value).__name__} result ({exc}); return "
                 "JSON-compatible data, or pass serializer= (e.g. PickleSerializer())",
@@ -72,7 +83,7 @@ class JSONSerializer:
             ) from exc
 
     def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+        return json_loads(data)
 
 
 class PickleSerializer:
