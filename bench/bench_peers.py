@@ -220,6 +220,8 @@ def untimed(*_: Any) -> None:
 def versions() -> dict[str, str]:
     out = {}
     for name in ADAPTERS:
+        if name == CACHED:  # idempo itself, with an option
+            continue
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
