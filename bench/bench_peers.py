@@ -60,6 +60,8 @@ sys.path.insert(0, str(BENCH))
 import bench_http  # noqa: E402  (the wrk runner and the CPU accounting are shared)
 from peers.registry import ADAPTERS, CACHED, load  # noqa: E402
 
+OURS = ("idempo", CACHED)  # idempo's rows: never compared with each other as peers
+
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 POSTGRES_URL = os.environ.get("IDEMPO_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -830,7 +832,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             if "new key sessions" in t:
                 trips += f" (sessions {t['new key sessions']:.2f} / {t['replay sessions']:.2f})"
             md.append(
-                f"| {f'**{lib}**' if lib.startswith('idempo') else lib} | {label} | "
+                f"| {f'**{lib}**' if lib in OURS else lib} | {label} | "
                 + " | ".join(cols)
                 + f" | {trips} |"
             )
@@ -850,7 +852,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
     # call-outs: idempo against each peer measured in the same group
     cached_behind: list[str] = []
     for (lib, g, col), vs in values.items():
-        if lib.startswith("idempo"):
+        if lib in OURS:
             continue
         for ours, into in (("idempo", behind), (CACHED, cached_behind)):
             mine = values.get((ours, g, col))
@@ -899,9 +901,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
                 t = cells[0]["trips"]
                 trips = f"{t['new key']:.2f} / {t['replay']:.2f}"
         md.append(
-            f"| {f'**{lib}**' if lib.startswith('idempo') else lib} | "
-            + " | ".join(cols)
-            + f" | {trips} |"
+            f"| {f'**{lib}**' if lib in OURS else lib} | " + " | ".join(cols) + f" | {trips} |"
         )
     for lib in ADAPTERS if http_libs else []:
         if lib not in http_libs:
@@ -921,7 +921,7 @@ def markdown(summaries: list[dict[str, Any]], settings: str) -> list[str]:
             + ".",
         ]
     for (lib, store, w), vs in hvalues.items():
-        if lib.startswith("idempo"):
+        if lib in OURS:
             continue
         for ours, into in (("idempo", behind), (CACHED, cached_behind)):
             mine = hvalues.get((ours, store, w))
