@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from idempo import Idempotency, open_store
+from idempo import replay_cache as replay_cache_module
 from idempo.asgi import IdempotencyMiddleware
-from idempo.core import replay_cache as replay_cache_module
 from idempo.core.records import ClaimResult, ClaimStatus, Record, State
-from idempo.core.replay_cache import ReplayCache, replay_cache_of
 from idempo.errors import KeyReuseError
+from idempo.replay_cache import ReplayCache, replay_cache_of
 from tests.conftest import REDIS_URL, cleanup, require_service, store_url
 
 # -- the cache itself --------------------------------------------------------------------------

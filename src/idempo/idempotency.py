@@ -33,8 +33,8 @@ from idempo.core.keys import validate_key, validate_scope
 from idempo.core.operation import Operation
 from idempo.core.outcome import JSONSerializer, Serializer
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_MAX_OUTCOME_BYTES, DEFAULT_TTL, Policy
-from idempo.core.replay_cache import ReplayCache, replay_cache_of
 from idempo.observe import Hooks, Observer, store_kind
+from idempo.replay_cache import ReplayCache, replay_cache_of
 from idempo.stores import open_pair
 from idempo.stores.base import AsyncStore, Store
 from idempo.stores.binding import bind_async, bind_sync
@@ -64,7 +64,7 @@ class Idempotency:
     kept (JSON by default). ``max_outcome_bytes``: larger results are returned once but not
     kept; a retry then raises :class:`~idempo.errors.OutcomeNotStoredError`. ``hooks``:
     callbacks for replays, conflicts, takeovers, ... (:class:`~idempo.observe.Hooks`).
-    ``replay_cache``: off by default; seconds (or a :class:`~idempo.core.replay_cache.ReplayCache`)
+    ``replay_cache``: off by default; seconds (or a :class:`~idempo.replay_cache.ReplayCache`)
     for which this process answers a retry of a completed key from memory, with no round trip.
     A delete through ``idem.store`` / ``idem.async_store`` is seen at once; one made elsewhere
     (another process, ``idempo keys delete``) within that many seconds.

@@ -1,4 +1,4 @@
-"""A store whose completed answers are kept in a :class:`~idempo.core.replay_cache.ReplayCache`.
+"""A store whose completed answers are kept in a :class:`~idempo.replay_cache.ReplayCache`.
 
 A claim the cache can answer (a live completed record under the same fingerprint) costs no
 round trip; every other call goes to the store, and a COMPLETED answer from it is kept. A delete
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from idempo.core.records import ClaimResult, ClaimStatus
-from idempo.core.replay_cache import ReplayCache
+from idempo.replay_cache import ReplayCache
 from idempo.stores.base import AsyncStore
 
 __all__ = ["AsyncCachedStore"]

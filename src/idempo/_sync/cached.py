@@ -1,5 +1,5 @@
 # DO NOT EDIT: generated from src/idempo/_async/cached.py by scripts/unasync.py
-"""A store whose completed answers are kept in a :class:`~idempo.core.replay_cache.ReplayCache`.
+"""A store whose completed answers are kept in a :class:`~idempo.replay_cache.ReplayCache`.
 
 A claim the cache can answer (a live completed record under the same fingerprint) costs no
 round trip; every other call goes to the store, and a COMPLETED answer from it is kept. A delete
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from idempo.core.records import ClaimResult, ClaimStatus
-from idempo.core.replay_cache import ReplayCache
+from idempo.replay_cache import ReplayCache
 from idempo.stores.base import Store
 
 __all__ = ["CachedStore"]

@@ -52,7 +52,6 @@ from idempo.core.http import (
 )
 from idempo.core.keys import validate_scope
 from idempo.core.policy import DEFAULT_LEASE, DEFAULT_TTL, Policy
-from idempo.core.replay_cache import replay_cache_of
 from idempo.errors import (
     IdempoError,
     MissingKeyError,
@@ -60,6 +59,7 @@ from idempo.errors import (
     StoreUnavailableError,
 )
 from idempo.observe import Observer, store_kind
+from idempo.replay_cache import replay_cache_of
 from idempo.stores.base import Store
 
 __all__ = ["HttpFront", "Recorder", "Request", "default_scope"]

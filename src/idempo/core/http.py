@@ -25,7 +25,6 @@ from idempo.core.fingerprint import fingerprint
 from idempo.core.jsontext import compact_json
 from idempo.core.keys import validate_key
 from idempo.core.outcome import RELEASE, Keep, Release
-from idempo.core.replay_cache import ReplayCache
 from idempo.errors import IdempoError, InvalidKeyError, MissingKeyError, RequestTooLargeError
 
 __all__ = [
@@ -205,7 +204,7 @@ class HttpOptions(TypedDict, total=False):
         hook may append to ``event.headers``.
     store_options: keyword arguments for opening ``store`` when it is a URL.
     replay_cache: off by default; seconds (or a
-        :class:`~idempo.core.replay_cache.ReplayCache`) for which this process answers a retry
+        :class:`~idempo.replay_cache.ReplayCache`) for which this process answers a retry
         of a completed key from memory, with no round trip. A delete through the adapter's
         ``store`` is seen at once; one made elsewhere (another process, ``idempo keys delete``)
         within that many seconds.
@@ -229,7 +228,8 @@ class HttpOptions(TypedDict, total=False):
     problem_type_base: str
     hooks: Any
     store_options: dict[str, Any] | None
-    replay_cache: float | ReplayCache | None
+    # seconds, or an idempo.replay_cache.ReplayCache (core imports nothing above it)
+    replay_cache: float | Any | None
 
 
 def check_options(options: Mapping[str, Any], *, allowed: Iterable[str] = ()) -> None:

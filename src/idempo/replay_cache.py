@@ -21,6 +21,8 @@ import time
 
 from idempo.core.records import ClaimResult, ClaimStatus
 
+# Not in idempo.core: it reads a clock and takes a lock (core is pure).
+
 __all__ = ["ReplayCache", "replay_cache_of"]
 
 
