@@ -294,3 +294,28 @@ def _count_claims(app: IdempotencyMiddleware) -> list[int]:
 def _scope_of(app: IdempotencyMiddleware) -> str:
     """The principal an anonymous request is stored under."""
     return app.front.scope_fn({})
+
+
+@pytest.mark.sqlite
+def test_transactional_mode_binds_the_store_behind_the_cache(tmp_path: Path) -> None:
+    """With the cache on, idem.transaction() still binds the real store to the caller's
+    connection: the record commits with the effect, and a repeat replays."""
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    idem = Idempotency(f"sqlite:///{path}", replay_cache=60)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE charges (k TEXT)")
+    try:
+        for _ in range(2):
+            with idem.transaction(conn, key="t-1") as tx:
+                if not tx.replayed:
+                    conn.execute("INSERT INTO charges VALUES ('t-1')")
+                    tx.result = {"ok": True}
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM charges").fetchone() == (1,)
+        assert idem.store.get("", "t-1") is not None
+    finally:
+        conn.close()
+        idem.close()

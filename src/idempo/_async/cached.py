@@ -17,8 +17,9 @@ __all__ = ["AsyncCachedStore"]
 
 
 class AsyncCachedStore:
-    """``store``, with claims of completed keys answered from ``cache`` when it can; every
-    other attribute is the store's own."""
+    """``store``, with claims of completed keys answered from ``cache`` when it can, and
+    deletes forgotten by it; every other operation is the store's own (``__getattr__``: no
+    extra call on complete, extend or release)."""
 
     __slots__ = ("_store", "cache")
 
@@ -48,22 +49,6 @@ class AsyncCachedStore:
             self.cache.keep(result)
         return result
 
-    async def complete(
-        self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
-    ) -> None:
-        return await self._store.complete(scope, key, token, outcome, ttl=ttl)
-
-    async def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        return await self._store.extend(scope, key, token, lease=lease)
-
-    async def set_recovery_point(
-        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
-    ) -> float:
-        return await self._store.set_recovery_point(scope, key, token, recovery_point, lease=lease)
-
-    async def release(self, scope: str, key: str, token: str) -> bool:
-        return await self._store.release(scope, key, token)
-
     async def delete(self, scope: str, key: str) -> bool:
         # Forgotten first and after: a claim racing the delete may have kept the old answer.
         self.cache.forget(scope, key)
@@ -71,6 +56,3 @@ class AsyncCachedStore:
             return await self._store.delete(scope, key)
         finally:
             self.cache.forget(scope, key)
-
-    async def purge_expired(self, limit: int = 1000) -> int:
-        return await self._store.purge_expired(limit)

@@ -18,8 +18,9 @@ __all__ = ["CachedStore"]
 
 
 class CachedStore:
-    """``store``, with claims of completed keys answered from ``cache`` when it can; every
-    other attribute is the store's own."""
+    """``store``, with claims of completed keys answered from ``cache`` when it can, and
+    deletes forgotten by it; every other operation is the store's own (``__getattr__``: no
+    extra call on complete, extend or release)."""
 
     __slots__ = ("_store", "cache")
 
@@ -49,22 +50,6 @@ class CachedStore:
             self.cache.keep(result)
         return result
 
-    def complete(
-        self, scope: str, key: str, token: str, outcome: bytes, *, ttl: float
-    ) -> None:
-        return self._store.complete(scope, key, token, outcome, ttl=ttl)
-
-    def extend(self, scope: str, key: str, token: str, *, lease: float) -> float:
-        return self._store.extend(scope, key, token, lease=lease)
-
-    def set_recovery_point(
-        self, scope: str, key: str, token: str, recovery_point: bytes, *, lease: float
-    ) -> float:
-        return self._store.set_recovery_point(scope, key, token, recovery_point, lease=lease)
-
-    def release(self, scope: str, key: str, token: str) -> bool:
-        return self._store.release(scope, key, token)
-
     def delete(self, scope: str, key: str) -> bool:
         # Forgotten first and after: a claim racing the delete may have kept the old answer.
         self.cache.forget(scope, key)
@@ -72,6 +57,3 @@ class CachedStore:
             return self._store.delete(scope, key)
         finally:
             self.cache.forget(scope, key)
-
-    def purge_expired(self, limit: int = 1000) -> int:
-        return self._store.purge_expired(limit)
