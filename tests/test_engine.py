@@ -290,6 +290,58 @@ def test_the_release_of_an_unknown_claim_is_retried_while_the_store_is_down() ->
     assert store.down == 0
 
 
+async def test_async_block_ending_mid_beat_lets_the_beat_finish() -> None:
+    """A beat in flight when its block ends is awaited, not cancelled (cancelling a driver
+    mid-round-trip discards its connection), and no beat starts after the block ended."""
+    from idempo._primitives import async_periodic
+
+    started, finished = asyncio.Event(), []
+
+    async def beat() -> None:
+        started.set()
+        await asyncio.sleep(0.1)
+        finished.append(asyncio.get_running_loop().time())
+
+    block = async_periodic(beat, 0.03)
+    await block.__aenter__()
+    await asyncio.wait_for(started.wait(), 2)
+    await block.__aexit__(None, None, None)
+    assert len(finished) == 1  # the beat ran to its end before the block's exit returned
+    await asyncio.sleep(0.1)
+    assert len(finished) == 1  # and nothing beat after it
+
+
+async def test_async_block_cancelled_mid_beat_cancels_the_beat() -> None:
+    """If the task leaving the block is itself cancelled while it waits for the beat, the
+    beat is cancelled with it."""
+    from idempo._primitives import async_periodic
+
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def beat() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    block = async_periodic(beat, 0.03)
+
+    async def run() -> None:
+        await block.__aenter__()
+        await started.wait()
+        await block.__aexit__(None, None, None)
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(started.wait(), 2)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), 2)
+
+
 async def test_async_blocks_started_together_share_one_timer_for_their_first_beat() -> None:
     """Periodic blocks entered close together schedule one timer between them, not one each
     (a guarded HTTP request enters one): each still gets its first beat within its interval

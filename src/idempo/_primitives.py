@@ -180,10 +180,17 @@ class _AsyncPeriodic:
             first.members.discard(self)
         if self._handle is not None:
             self._handle.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        if task is not None and not task.done():
+            # A beat in flight is let finish (one round trip, bounded by the store's timeout),
+            # not cancelled: cancelling a driver mid-round-trip costs more than the wait
+            # (psycopg sends the server a cancel request and discards the connection; redis-py
+            # drops a connection with an unread reply). Its failure was already logged.
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.cancel()  # the block's own task is being cancelled: so is the beat
+                raise
 
 
 class _FirstBeats:
