@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,23 +30,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# What first_line read past the line it returned, per process: a later call starts there.
+_UNREAD: weakref.WeakKeyDictionary[subprocess.Popen[str], bytes] = weakref.WeakKeyDictionary()
+
+
 def first_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 20) -> str:
-    """The first stdout line of ``proc`` starting with ``prefix`` (the process says it is up)."""
+    """The first stdout line of ``proc`` starting with ``prefix`` (the process says it is up).
+
+    Read from the pipe's descriptor, not ``proc.stdout``: its buffered readline may take two
+    lines from the pipe at once (two workers starting together), and a select on the
+    descriptor would then wait for a second line that already sits in Python's buffer."""
     assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
+    fd = proc.stdout.fileno()
+    pending = _UNREAD.pop(proc, b"")
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
+        while True:
+            while b"\n" in pending:
+                raw, pending = pending.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(prefix):
+                    return line.strip()
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 break
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            if line.startswith(prefix):
-                return line.strip()
+            pending += chunk
     finally:
-        selector.close()
+        _UNREAD[proc] = pending
     proc.kill()
     raise RuntimeError(f"{proc.args!r} did not say {prefix!r}")
 

@@ -159,10 +159,12 @@ def test_stale_holder_is_fenced(idem: Idempotency) -> None:
     def op(x: str) -> int:
         n = c.bump()
         if n == 1:
+            entered.set()
             taken_over.wait(10)  # outlive the lease until the second call has finished
         return n
 
     errors: list[BaseException] = []
+    entered = threading.Event()
 
     def stale() -> None:
         try:
@@ -172,8 +174,17 @@ def test_stale_holder_is_fenced(idem: Idempotency) -> None:
 
     first = threading.Thread(target=stale)
     first.start()
-    time.sleep(0.5)
-    assert op("k") == 2  # took over the expired lease
+    assert entered.wait(10)  # the first call holds the claim
+    time.sleep(0.35)
+    deadline = time.monotonic() + 10
+    while True:  # a loaded machine may start the lease late: retry until it has run out
+        try:
+            second = op("k")
+            break
+        except InProgressError:
+            assert time.monotonic() < deadline, "the stale lease never ran out"
+            time.sleep(0.05)
+    assert second == 2  # took over the expired lease
     taken_over.set()
     first.join(10)
     assert len(errors) == 1

@@ -241,7 +241,8 @@ def async_periodic(
 ) -> contextlib.AbstractAsyncContextManager[None]:
     """Call ``fn`` every ``interval`` seconds while the block runs. A failure of a ``fatal``
     type stops the calls (a heartbeat whose lease was taken over: its holder learns of it when
-    it completes); any other failure (a store blip) is ridden out until the next beat."""
+    it completes); any other failure (a store blip) is ridden out until the next beat. A call
+    in flight when the block ends is awaited, not cancelled: no call outlives the block."""
     return _AsyncPeriodic(fn, interval, fatal)
 
 
