@@ -875,3 +875,47 @@ async def test_async_store_opens_its_pool_lazily_in_the_loop(astore: AsyncPostgr
     first = await astore.claim(SCOPE, "k", "fp", _token(), lease=LEASE, ttl=TTL)
     assert first.status is ClaimStatus.ACQUIRED
     assert not astore._pool.closed
+
+
+async def test_a_cancelled_operation_never_leaves_its_connection_to_the_next(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operation cancelled at any point of its round trip (a heartbeat stopped, a request
+    task cancelled) leaves no connection that misreads the next statement. psycopg 3.3 yields
+    to the loop after entering pipeline mode when the loop has been busy: made to yield at
+    every step here, a cancellation at each step in turn hits that point too (before the fix,
+    the next claim on the one pooled connection read no rows)."""
+    import psycopg.waiting
+
+    monkeypatch.setattr(psycopg.waiting, "MAX_BUSY_TIME", -1.0, raising=False)
+    cancelled_at = 0
+    for step in range(12):
+        pool = AsyncConnectionPool(
+            POSTGRES_URL, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open()
+        store = AsyncPostgresStore(pool, schema=schema)
+        try:
+            key = f"k{step}"
+            held = await store.claim(SCOPE, key, "fp", _token(), lease=LEASE, ttl=TTL)
+            assert held.token is not None
+            # A fresh connection: the extend is its first use there, sent in a pipeline.
+            task = asyncio.create_task(store.extend(SCOPE, key, held.token, lease=LEASE))
+            for _ in range(step):
+                await asyncio.sleep(0)
+            if not task.done():
+                task.cancel()
+                cancelled_at += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for i in range(3):  # the one pooled connection, or its replacement
+                other = await store.claim(SCOPE, f"{key}-{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+                assert other.status is ClaimStatus.ACQUIRED
+                assert other.token is not None
+                await store.complete(SCOPE, f"{key}-{i}", other.token, b"v", ttl=TTL)
+                again = await store.claim(SCOPE, f"{key}-{i}", "fp", _token(), lease=LEASE, ttl=TTL)
+                assert again.status is ClaimStatus.COMPLETED
+        finally:
+            await store.close()
+            await pool.close()
+    assert cancelled_at >= 3  # the scan really cut operations short

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import Connection, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import ExecStatus, PipelineStatus, TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -54,6 +54,23 @@ from idempo.stores._watchdog import WATCHDOG, Watch
 from idempo.stores.base import Page, Stats
 
 __all__ = ["BoundPostgresStore", "PostgresStore"]
+
+
+def _unsettled(conn: Connection[Any]) -> bool:
+    """Whether a statement cut short (cancelled, or failed in the driver) left ``conn`` where
+    the next statement would misread it: mid-protocol, in a transaction, or still in pipeline
+    mode. psycopg 3.3 can yield to the event loop after a connection entered pipeline mode and
+    before its ``pipeline()`` block is entered, so a cancellation there skips the block's exit:
+    libpq stays in pipeline mode with the connection IDLE, which the pool would keep, and the
+    next statement on it (sent plainly) would read no rows. (Decision 0010.)"""
+    if conn.closed:
+        return False
+    pgconn = conn.pgconn
+    return (
+        pgconn.pipeline_status != PipelineStatus.OFF
+        or pgconn.transaction_status != TransactionStatus.IDLE
+    )
+
 
 # Whether libpq can pipeline (libpq >= 14): see _execute.
 _PIPELINE = psycopg.capabilities.has_pipeline()
@@ -341,6 +358,10 @@ class PostgresStore:
                     # Only once it succeeded: psycopg keeps no statement whose Parse failed.
                     _PREPARED[conn].add(first)
                 return rows, cursor.rowcount
+            except BaseException:
+                if _unsettled(conn):
+                    conn.close()  # closed: the pool discards it
+                raise
             finally:
                 self._pool.putconn(conn)
 
