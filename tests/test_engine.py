@@ -253,6 +253,36 @@ async def test_async_a_claim_whose_reply_was_lost_is_released() -> None:
     assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)
 
 
+class SlowReplyStore(AsyncMemoryStore):
+    """A real store whose next claim is written, then its reply takes a long while."""
+
+    slow_next = True
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().claim(*args, **kwargs)
+        if self.slow_next:
+            self.slow_next = False
+            await asyncio.sleep(30)
+        return result
+
+
+async def test_async_a_claim_cancelled_on_its_way_is_released() -> None:
+    """A caller cancelled while its claim was on its way (its own timeout, a server
+    cancelling the request) leaves no claim behind: the engine releases it by its token, so
+    the retry runs at once instead of getting 409 for a whole lease."""
+    backing = MemoryStore()
+    store = SlowReplyStore(backing)
+    engine = AsyncEngine(store)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await engine.acquire("s", "k", "fp", Policy(ttl=60, lease=60))
+    deadline = time.monotonic() + 5
+    while backing.get("s", "k") is not None:
+        assert time.monotonic() < deadline, "the cancelled claim was never released"
+        await asyncio.sleep(0.01)
+    assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)
+
+
 class StalledStore(MemoryStore):
     """A real MemoryStore that is unreachable for its first ``down`` calls after the claim's
     lost reply (a store that stays down a little while)."""

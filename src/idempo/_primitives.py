@@ -23,10 +23,12 @@ __all__ = [
     "Lock",
     "ShieldCancellation",
     "async_gather",
+    "async_interrupted",
     "async_periodic",
     "async_sleep",
     "async_spawn",
     "sync_gather",
+    "sync_interrupted",
     "sync_periodic",
     "sync_sleep",
     "sync_spawn",
@@ -38,6 +40,11 @@ T = TypeVar("T")
 
 async_sleep = asyncio.sleep
 sync_sleep = time.sleep
+
+# What can cut an operation short between sending a request and reading its reply: a task's
+# cancellation. A thread cannot be cancelled, so the sync twin's ``except`` catches nothing.
+async_interrupted: tuple[type[BaseException], ...] = (asyncio.CancelledError,)
+sync_interrupted: tuple[type[BaseException], ...] = ()
 
 
 # -- work left to run in the background (best effort: it dies with the process) --------------

@@ -29,7 +29,7 @@ from os import urandom
 from typing import Any, Literal
 
 from idempo._sync.observed import ObservedStore
-from idempo._primitives import sync_periodic, sync_sleep, sync_spawn
+from idempo._primitives import sync_interrupted, sync_periodic, sync_sleep, sync_spawn
 from idempo.core import outcome as outcomes
 from idempo.core.decide import Execute, Reject, Replay, Wait, decide
 from idempo.core.outcome import Keep, Release
@@ -304,6 +304,15 @@ class Engine:
                 )
                 if self.observer is not None:
                     self.observer.outcome("store_unavailable", scope, key, error=exc)
+                raise
+            except sync_interrupted:
+                # Cut short with the claim on its way (a task cancelled by its caller's timeout
+                # or by a server; a thread is never cut short): as with a lost reply it may be
+                # written, so it is released the same way, or a retry would get "in progress"
+                # for a whole lease.
+                sync_spawn(
+                    lambda: self._release_unknown_claim(store, scope, key, token, policy.lease)
+                )
                 raise
             decision = decide(
                 result,
