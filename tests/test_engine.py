@@ -283,6 +283,88 @@ async def test_async_a_claim_cancelled_on_its_way_is_released() -> None:
     assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)
 
 
+class SlowCompleteStore(AsyncMemoryStore):
+    """A real store whose next complete (or release) is slow: before it reaches the store
+    (``written=False``) or after (``written=True``, its reply is slow)."""
+
+    def __init__(self, backing: MemoryStore, *, written: bool) -> None:
+        super().__init__(backing)
+        self.written = written
+        self.slow_next = True
+
+    async def _slow(self) -> None:
+        if self.slow_next:
+            self.slow_next = False
+            await asyncio.sleep(30)
+
+    async def complete(self, *args: Any, **kwargs: Any) -> None:
+        if not self.written:
+            await self._slow()
+        await super().complete(*args, **kwargs)
+        if self.written:
+            await self._slow()
+
+    async def release(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.written:
+            await self._slow()
+        released = await super().release(*args, **kwargs)
+        if self.written:
+            await self._slow()
+        return released
+
+
+async def _eventually(check: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["before-the-write", "after-the-write"])
+async def test_async_an_outcome_cut_short_by_a_cancellation_is_still_kept(written: bool) -> None:
+    """The operation ran, then its caller was cancelled while the outcome was on its way to
+    the store: the outcome is sent again in the background (fenced by the token, so a second
+    send of one that landed does nothing), and the retry replays it instead of meeting "in
+    progress" for a lease and then running the operation a second time."""
+    backing = MemoryStore()
+    engine = AsyncEngine(SlowCompleteStore(backing, written=written))
+    runs = []
+
+    async def op() -> int:
+        runs.append(1)
+        return 42
+
+    policy = Policy(ttl=60, lease=60)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await engine.run(op, scope="s", key="k", fingerprint="fp", policy=policy)
+
+    def kept() -> bool:
+        record = backing.get("s", "k")
+        return record is not None and record.outcome is not None
+
+    await _eventually(kept, "the outcome was never kept")
+    assert await engine.run(op, scope="s", key="k", fingerprint="fp", policy=policy) == 42
+    assert runs == [1]
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["before-the-write", "after-the-write"])
+async def test_async_a_release_cut_short_by_a_cancellation_still_frees_the_key(
+    written: bool,
+) -> None:
+    """A failed response (settled as a release) whose release was cut short by a
+    cancellation: the release is sent again in the background, so the retry runs at once."""
+    backing = MemoryStore()
+    engine = AsyncEngine(SlowCompleteStore(backing, written=written))
+    held = await engine.acquire("s", "k", "fp", POLICY)
+    assert isinstance(held, AsyncHeld)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await held.settle(RELEASE)
+    await _eventually(lambda: backing.get("s", "k") is None, "the key was never freed")
+    assert isinstance(await engine.acquire("s", "k", "fp", POLICY), AsyncHeld)
+
+
 class StalledStore(MemoryStore):
     """A real MemoryStore that is unreachable for its first ``down`` calls after the claim's
     lost reply (a store that stays down a little while)."""

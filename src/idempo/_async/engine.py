@@ -154,12 +154,56 @@ class AsyncHeld:
 
     async def complete(self, data: bytes) -> None:
         """Keep ``data`` (an outcome envelope) for the policy's TTL. Raises LeaseLostError when
-        another execution took over (fencing) and StoreUnavailableError."""
-        await self.store.complete(self.scope, self.key, self.token, data, ttl=self.policy.ttl)
+        another execution took over (fencing) and StoreUnavailableError. Cancelled on its way,
+        it is sent again in the background (the operation ran: its outcome must not be lost
+        to a cancellation), and the cancellation goes on."""
+        try:
+            await self.store.complete(self.scope, self.key, self.token, data, ttl=self.policy.ttl)
+        except async_interrupted:
+            self._resend_complete(data)
+            raise
 
     async def release(self) -> None:
-        """Free the key: the execution failed and its outcome is not kept."""
-        await self.store.release(self.scope, self.key, self.token)
+        """Free the key: the execution failed and its outcome is not kept. Cancelled on its
+        way, it is sent again in the background (else a retry would meet "in progress" for a
+        whole lease)."""
+        try:
+            await self.store.release(self.scope, self.key, self.token)
+        except async_interrupted:
+            self._resend_release()
+            raise
+
+    def _resend_complete(self, data: bytes) -> None:
+        store, scope, key, token, ttl = (
+            self.store,
+            self.scope,
+            self.key,
+            self.token,
+            self.policy.ttl,
+        )
+        async_spawn(
+            lambda: _resend(
+                lambda: store.complete(scope, key, token, data, ttl=ttl),
+                self.policy.lease,
+                "idempo: could not record the outcome of %r/%r after a cancellation; a retry "
+                "after its lease runs out runs the operation again",
+                scope,
+                key,
+            )
+        )
+
+    def _resend_release(self) -> None:
+        store, scope, key, token = self.store, self.scope, self.key, self.token
+        async_spawn(
+            lambda: _resend(
+                lambda: store.release(scope, key, token),
+                self.policy.lease,
+                "idempo: could not release %r/%r after a cancellation; it frees itself when its "
+                "lease runs out",
+                scope,
+                key,
+            )
+        )
 
     async def release_quietly(self) -> None:
         """:meth:`release` after the operation failed, logging instead of raising: the
@@ -201,9 +245,13 @@ class AsyncHeld:
             self.report("failed", encoded.error)
             raise encoded.error
         try:
-            await self.store.complete(
-                self.scope, self.key, self.token, encoded.data, ttl=policy.ttl
-            )
+            try:  # what complete() does, without its frame: this runs for every operation
+                await self.store.complete(
+                    self.scope, self.key, self.token, encoded.data, ttl=policy.ttl
+                )
+            except async_interrupted:
+                self._resend_complete(encoded.data)
+                raise
         except (LeaseLostError, StoreUnavailableError) as exc:
             exc.executed, exc.value = True, value
             self.report(_failure(exc), exc)
@@ -224,12 +272,20 @@ class AsyncHeld:
         if self._beat is not None:
             await self.stop_heartbeat()
         try:
-            if isinstance(outcome, Keep):
-                await self.store.complete(
-                    self.scope, self.key, self.token, outcome.data, ttl=self.policy.ttl
-                )
-            else:
-                await self.store.release(self.scope, self.key, self.token)
+            # What complete() and release() do, without their frames (every HTTP request).
+            try:
+                if isinstance(outcome, Keep):
+                    await self.store.complete(
+                        self.scope, self.key, self.token, outcome.data, ttl=self.policy.ttl
+                    )
+                else:
+                    await self.store.release(self.scope, self.key, self.token)
+            except async_interrupted:
+                if isinstance(outcome, Keep):
+                    self._resend_complete(outcome.data)
+                else:
+                    self._resend_release()
+                raise
         except (LeaseLostError, StoreUnavailableError) as exc:
             log.error("idempo: could not record the response of key %r: %s", self.key, exc)
             self.report(_failure(exc), exc)
@@ -240,6 +296,33 @@ class AsyncHeld:
         """Tell the observer how this execution ended (the methods above do it themselves)."""
         if self.observer is not None:
             self.observer.outcome(outcome, self.scope, self.key, error=error)
+
+
+async def _resend(
+    write: Callable[[], Awaitable[object]], lease: float, failed: str, scope: str, key: str
+) -> None:
+    """Send again, in the background, a write whose outcome is unknown: its reply was lost, or
+    a cancellation cut it short. Every such write is fenced by the execution's token, so a
+    second send of one that landed does nothing (a release finds no claim, a complete finds
+    the record completed: LeaseLostError). A store that is still down is asked again, with
+    backoff, until the lease would have run out anyway: a stalled server may run the queued
+    write only once it resumes. Best effort: ``failed`` is logged if it never gets through."""
+    delay = 0.25
+    deadline = time.monotonic() + lease
+    while True:
+        try:
+            await write()
+            return
+        except LeaseLostError:
+            return  # the first send landed, or another execution took over
+        except StoreUnavailableError:
+            if time.monotonic() + delay >= deadline:
+                break
+            await async_sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except Exception:
+            break
+    log.debug(failed, scope, key, exc_info=True)
 
 
 def _failure(exc: BaseException) -> Outcome:
@@ -353,28 +436,15 @@ class AsyncEngine:
     async def _release_unknown_claim(
         self, store: AsyncStore, scope: str, key: str, token: str, lease: float
     ) -> None:
-        """Best effort. A store that is still down is asked again, with backoff, until the
-        claim's lease would have run out anyway: a stalled server may run the queued claim only
-        once it resumes. A claim that was never written has nothing to release."""
-        delay = 0.25
-        deadline = time.monotonic() + lease
-        while True:
-            try:
-                await store.release(scope, key, token)
-                return
-            except StoreUnavailableError:
-                if time.monotonic() + delay >= deadline:
-                    break
-                await async_sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception:
-                break
-        log.debug(
+        """Best effort (see :func:`_resend`). A claim that was never written has nothing to
+        release."""
+        await _resend(
+            lambda: store.release(scope, key, token),
+            lease,
             "idempo: could not release the unknown claim of %r/%r; it frees itself when its "
             "lease runs out",
             scope,
             key,
-            exc_info=True,
         )
 
     async def run(
