@@ -190,6 +190,7 @@ class Held:
                 "after its lease runs out runs the operation again",
                 scope,
                 key,
+                logging.WARNING,
             )
         )
 
@@ -300,14 +301,20 @@ class Held:
 
 
 def _resend(
-    write: Callable[[], object], lease: float, failed: str, scope: str, key: str
+    write: Callable[[], object],
+    lease: float,
+    failed: str,
+    scope: str,
+    key: str,
+    level: int = logging.DEBUG,
 ) -> None:
     """Send again, in the background, a write whose outcome is unknown: its reply was lost, or
     a cancellation cut it short. Every such write is fenced by the execution's token, so a
     second send of one that landed does nothing (a release finds no claim, a complete finds
     the record completed: LeaseLostError). A store that is still down is asked again, with
     backoff, until the lease would have run out anyway: a stalled server may run the queued
-    write only once it resumes. Best effort: ``failed`` is logged if it never gets through."""
+    write only once it resumes. Best effort: ``failed`` is logged at ``level`` if it never gets
+    through."""
     delay = 0.25
     deadline = time.monotonic() + lease
     while True:
@@ -323,7 +330,7 @@ def _resend(
             delay = min(delay * 2, 5.0)
         except Exception:
             break
-    log.debug(failed, scope, key, exc_info=True)
+    log.log(level, failed, scope, key, exc_info=True)
 
 
 def _failure(exc: BaseException) -> Outcome:
