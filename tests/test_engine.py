@@ -348,6 +348,40 @@ async def test_async_an_outcome_cut_short_by_a_cancellation_is_still_kept(writte
     assert runs == [1]
 
 
+class DownAfterCancelStore(SlowCompleteStore):
+    """Its first complete is slow, and every later one finds the store down."""
+
+    async def complete(self, *args: Any, **kwargs: Any) -> None:
+        if self.slow_next:
+            await self._slow()
+        raise StoreUnavailableError("down")
+
+
+async def test_async_an_outcome_that_cannot_be_resent_is_logged_as_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If the store stays down until the lease would have run out, the resend gives up and
+    says so, with the store's error: a retry after the lease may run the operation again."""
+    engine = AsyncEngine(DownAfterCancelStore(MemoryStore(), written=False))
+
+    async def op() -> int:
+        return 42
+
+    policy = Policy(ttl=60, lease=0.6)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await engine.run(op, scope="s", key="k", fingerprint="fp", policy=policy)
+
+    def warned() -> bool:
+        return any("could not record the outcome" in r.getMessage() for r in caplog.records)
+
+    await _eventually(warned, "the failed resend was never logged")
+    record = next(r for r in caplog.records if "could not record the outcome" in r.getMessage())
+    assert record.levelname == "WARNING"
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], StoreUnavailableError)
+
+
 @pytest.mark.parametrize("written", [False, True], ids=["before-the-write", "after-the-write"])
 async def test_async_a_release_cut_short_by_a_cancellation_still_frees_the_key(
     written: bool,

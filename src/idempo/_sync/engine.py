@@ -323,14 +323,16 @@ def _resend(
             return
         except LeaseLostError:
             return  # the first send landed, or another execution took over
-        except StoreUnavailableError:
+        except StoreUnavailableError as exc:
             if time.monotonic() + delay >= deadline:
+                error: Exception = exc
                 break
             sync_sleep(delay)
             delay = min(delay * 2, 5.0)
-        except Exception:
+        except Exception as exc:
+            error = exc
             break
-    log.log(level, failed, scope, key, exc_info=True)
+    log.log(level, failed, scope, key, exc_info=error)
 
 
 def _failure(exc: BaseException) -> Outcome:
