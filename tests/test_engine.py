@@ -488,6 +488,27 @@ async def test_async_block_cancelled_mid_beat_cancels_the_beat() -> None:
     await asyncio.wait_for(cancelled.wait(), 2)
 
 
+async def test_async_block_ending_while_its_beat_is_cancelled_elsewhere_ends_cleanly() -> None:
+    """A beat cancelled by someone else while the block waits for it does not turn into a
+    cancellation of the block's own task."""
+    from idempo._primitives import async_periodic
+
+    started = asyncio.Event()
+
+    async def beat() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    block = async_periodic(beat, 0.03)
+    await block.__aenter__()
+    await asyncio.wait_for(started.wait(), 2)
+    beat_task = block._task  # type: ignore[attr-defined]
+    assert beat_task is not None
+    asyncio.get_running_loop().call_later(0.05, beat_task.cancel)
+    await block.__aexit__(None, None, None)  # returns: this task was never cancelled
+    assert beat_task.cancelled()
+
+
 async def test_async_blocks_started_together_share_one_timer_for_their_first_beat() -> None:
     """Periodic blocks entered close together schedule one timer between them, not one each
     (a guarded HTTP request enters one): each still gets its first beat within its interval

@@ -196,8 +196,11 @@ class _AsyncPeriodic:
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                task.cancel()  # the block's own task is being cancelled: so is the beat
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    task.cancel()  # the block's own task is being cancelled: so is the beat
+                    raise
+                # Only the beat was cancelled (by someone else): nothing left to wait for.
 
 
 class _FirstBeats:
