@@ -174,37 +174,27 @@ class AsyncHeld:
             raise
 
     def _resend_complete(self, data: bytes) -> None:
-        store, scope, key, token, ttl = (
-            self.store,
-            self.scope,
-            self.key,
-            self.token,
-            self.policy.ttl,
-        )
-        async_spawn(
-            lambda: _resend(
-                lambda: store.complete(scope, key, token, data, ttl=ttl),
-                self.policy.lease,
-                "idempo: could not record the outcome of %r/%r after a cancellation; a retry "
-                "after its lease runs out runs the operation again",
-                scope,
-                key,
-                logging.WARNING,
-            )
+        self._resend_later(
+            lambda: self.store.complete(
+                self.scope, self.key, self.token, data, ttl=self.policy.ttl
+            ),
+            "idempo: could not record the outcome of %r/%r after a cancellation; a retry after "
+            "its lease runs out runs the operation again",
+            logging.WARNING,
         )
 
     def _resend_release(self) -> None:
-        store, scope, key, token = self.store, self.scope, self.key, self.token
-        async_spawn(
-            lambda: _resend(
-                lambda: store.release(scope, key, token),
-                self.policy.lease,
-                "idempo: could not release %r/%r after a cancellation; it frees itself when its "
-                "lease runs out",
-                scope,
-                key,
-            )
+        self._resend_later(
+            lambda: self.store.release(self.scope, self.key, self.token),
+            "idempo: could not release %r/%r after a cancellation; it frees itself when its "
+            "lease runs out",
         )
+
+    def _resend_later(
+        self, write: Callable[[], Awaitable[object]], failed: str, level: int = logging.DEBUG
+    ) -> None:
+        lease, scope, key = self.policy.lease, self.scope, self.key
+        async_spawn(lambda: _resend(write, lease, failed, scope, key, level))
 
     async def release_quietly(self) -> None:
         """:meth:`release` after the operation failed, logging instead of raising: the
